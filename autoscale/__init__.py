@@ -1,0 +1,1 @@
+"""Tide's autoscaling: pure policies that decide replica counts from engine queue depth (no Ray imports here)."""

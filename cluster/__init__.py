@@ -1,0 +1,1 @@
+"""Tide's cluster launch support: `ray up` YAMLs and their validation."""

@@ -1,0 +1,21 @@
+"""Build the Serve application from a TideConfig: one deployment per model behind one ingress."""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from .config import TideConfig
+from .engine import model_deployment
+from .ingress import Ingress
+
+APP_NAME = "tide"
+
+
+def build_app(cfg: TideConfig) -> Application:
+    models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
+    ingress = Ingress.options(
+        num_replicas=cfg.server.ingress_replicas,
+        max_ongoing_requests=100_000,  # the ingress only forwards; backpressure lives at the models
+        ray_actor_options={"num_cpus": cfg.server.ingress_num_cpus},
+    )
+    return ingress.bind(models, cfg.server.model_dump())

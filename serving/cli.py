@@ -1,0 +1,84 @@
+"""`tide` command line: serve a config, build the tiny default model."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .config import ConfigError, load_config
+
+
+def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny_model import build_tiny_model
+
+    build_tiny_model(args.path, seed=args.seed, force=args.force)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    cfg = load_config(args.config)
+    if args.host:
+        cfg.server.host = args.host
+    if args.port:
+        cfg.server.port = args.port
+    for m in cfg.models:
+        if m.model.startswith("/") and not Path(m.model).exists():
+            raise ConfigError(f"{args.config}: models.{m.name}.model: {m.model} does not exist "
+                              f"(build the default with `tide make-tiny-model {m.model}`)")
+    from .launcher import DeployError, deploy, progress_printer, shutdown, start_ray
+
+    say = progress_printer()
+    say(f"starting Tide with {len(cfg.models)} model(s): {', '.join(m.name for m in cfg.models)}")
+    owns_ray = start_ray(args.address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: it is ignored in background jobs otherwise
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = deploy(cfg, timeout_s=args.timeout, say=say)
+        print(f"Tide is serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)", flush=True)
+        while not stop.wait(1.0):
+            pass
+        say("stopping")
+    except KeyboardInterrupt:
+        say("stopping")
+    except DeployError as e:
+        say(f"error: {e}")
+        return 1
+    finally:
+        shutdown(owns_ray)
+        say("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tide", description="Tide: elastic LLM serving on Ray Serve + vLLM.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="start (or join) Ray, deploy the models in CONFIG, serve until Ctrl-C")
+    s.add_argument("config", help="YAML config (see examples/tiny.yaml)")
+    s.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    s.add_argument("--host", help="override server.host")
+    s.add_argument("--port", type=int, help="override server.port")
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the engines (default 900)")
+    s.set_defaults(fn=_cmd_serve)
+
+    t = sub.add_parser("make-tiny-model", help="build the tiny random Llama used by tests and `make serve`")
+    t.add_argument("path", help="output folder (a normal Hugging Face model folder)")
+    t.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same model)")
+    t.add_argument("--force", action="store_true", help="rebuild even when already built")
+    t.set_defaults(fn=_cmd_make_tiny_model)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Tide's one YAML config: the server and the models it serves, validated with pydantic.
+
+A bad file gets one message naming the file and the field (`models.0.replicas.max: ...`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unreadable or invalid; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ReplicaConfig(_Strict):
+    """How many copies of a model's engine run, and what each one reserves from Ray."""
+
+    min: int = Field(1, ge=0, description="Fewest replicas kept running (0 allows scale to zero).")
+    max: PositiveInt = Field(1, description="Most replicas the autoscaler may start.")
+    initial: int | None = Field(None, ge=0, description="Replicas started at deploy; defaults to `min` (at least 1).")
+    num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved per replica (fractional allowed).")
+    num_gpus: NonNegativeFloat = Field(0.0, description="Ray GPUs reserved per replica (GPU nodes).")
+    max_ongoing_requests: PositiveInt = Field(
+        256, description="Requests Serve sends one replica at once; vLLM batches them, so keep it high."
+    )
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take before failing.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicaConfig":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must lie within min ({self.min}) and max ({self.max})")
+        return self
+
+    @property
+    def initial_replicas(self) -> int:
+        return self.initial if self.initial is not None else max(self.min, 1)
+
+
+class ModelConfig(_Strict):
+    """One served model: its public name, where its weights are, and how its vLLM engine is built."""
+
+    name: str = Field(description="Name clients put in the request's `model` field.")
+    model: str = Field(description="Hugging Face id or local folder; relative paths resolve against the config file.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for vLLM's AsyncEngineArgs (dtype, max_model_len, ...)."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the replica and its engine processes."
+    )
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig, description="Replica count and resources.")
+    cpu_bind: str = Field(
+        "rank",
+        description="CPU builds only: `rank` pins each replica's engine threads to core (rank mod cores), "
+        "`auto` leaves vLLM's default, anything else is passed as VLLM_CPU_OMP_THREADS_BIND.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if not _NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} must be 1-128 of letters, digits and . _ : / - (not starting with one)")
+        if "model" in self.engine_args:
+            raise ValueError("engine_args must not set `model`; use the model's `model` field")
+        return self
+
+
+class ServerConfig(_Strict):
+    """Where the HTTP ingress listens."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; loopback unless you deliberately expose it.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible endpoint.")
+    request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may take end to end.")
+    max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
+    ingress_replicas: PositiveInt = Field(1, description="Copies of the HTTP ingress deployment.")
+    ingress_num_cpus: NonNegativeFloat = Field(0.0, description="Ray CPUs reserved per ingress replica.")
+
+
+class TideConfig(_Strict):
+    """The whole config file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP ingress settings.")
+    models: list[ModelConfig] = Field(min_length=1, description="Models to serve; names must be unique.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TideConfig":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"model name {m.name!r} appears twice")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _format_error(path: str | Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str | Path = "<config>", base_dir: Path | None = None) -> TideConfig:
+    """Validate a loaded mapping; relative local model paths are made absolute against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with `models:` (got {type(data).__name__})")
+    try:
+        cfg = TideConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None
+    if base_dir is not None:
+        for m in cfg.models:
+            if m.model.startswith((".", "/", "~")):
+                m.model = str((base_dir / Path(m.model).expanduser()).resolve())
+    return cfg
+
+
+def load_config(path: str | Path) -> TideConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(data, source=p, base_dir=p.resolve().parent)

@@ -1,0 +1,194 @@
+"""The model replica: a Ray Serve deployment that owns one vLLM AsyncLLM engine.
+
+It does everything that needs the model (chat template, tokenization, context checks, sampling params)
+and renders OpenAI bytes itself, so the ingress only forwards. A caller that goes away cancels the
+generator here, and vLLM's `generate()` aborts the request in the engine on that cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from ray import serve
+
+from .config import ModelConfig
+from .errors import TideError, bad_request, to_error, unavailable
+from .protocol import ChatCompletionRequest, CompletionRequest, new_id
+from .render import Renderer, error_event
+from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
+
+logger = logging.getLogger("tide.engine")
+
+_Request = ChatCompletionRequest | CompletionRequest
+
+
+def _pin_cpu_threads(cfg: ModelConfig) -> None:
+    """vLLM's CPU build binds every engine to core 0 by default; spread replicas over cores by rank."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in cfg.env or cfg.cpu_bind == "auto":
+        return
+    if cfg.cpu_bind != "rank":
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_bind
+        return
+    try:
+        rank = serve.get_replica_context().rank.rank
+    except Exception:
+        rank = 0
+    cores = sorted(os.sched_getaffinity(0))
+    # Core 0 hosts Ray's own processes and the HTTP path; engines start from the last core.
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[::-1][rank % len(cores)])
+
+
+async def _merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """Interleave several engine streams (a completion with many prompts), tagging items with their index."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((i, item, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put((i, None, e))
+        finally:
+            await queue.put((i, done, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                remaining -= 1
+                continue
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class LLMServer:
+    """One vLLM engine. Serve starts it per replica; `check_health` really asks the engine."""
+
+    def __init__(self, model_config: dict[str, Any]):
+        self.cfg = ModelConfig.model_validate(model_config)
+        os.environ.update(self.cfg.env)
+        _pin_cpu_threads(self.cfg)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        args = AsyncEngineArgs(model=self.cfg.model, served_model_name=self.cfg.name, **self.cfg.engine_args)
+        self.engine = AsyncLLM.from_engine_args(args)
+        self.tokenizer = self.engine.get_tokenizer()
+        self.max_model_len: int = self.engine.model_config.max_model_len
+        self.vocab_size: int = self.engine.model_config.get_vocab_size()
+        self.start_time_s = time.monotonic() - started
+        logger.info("engine for %s ready in %.1fs (max_model_len=%d)", self.cfg.name, self.start_time_s,
+                    self.max_model_len)
+
+    # ---- control ----
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
+        await self.engine.check_health()
+
+    async def info(self) -> dict[str, Any]:
+        return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
+                "engine_start_s": self.start_time_s}
+
+    # ---- requests ----
+    def _prepare(self, req: _Request) -> tuple[list[list[int]], Any, Renderer]:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        if isinstance(req, ChatCompletionRequest):
+            prompts, kind, param, prefix = [chat_prompt_ids(req, self.tokenizer)], "chat", "messages", "chatcmpl"
+        else:
+            prompts = completion_prompt_ids(req, self.tokenizer, self.vocab_size)
+            kind, param, prefix = "completion", "prompt", "cmpl"
+        lens = [len(p) for p in prompts]
+        max_tokens = resolve_max_tokens(lens, req.requested_max_tokens(), self.max_model_len, param)
+        try:
+            params = SamplingParams(**req.sampling_kwargs(max_tokens), output_kind=RequestOutputKind.DELTA)
+        except Exception as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
+            raise bad_request(str(e)) from None
+        renderer = Renderer(kind, new_id(prefix), self.cfg.name, int(time.time()), req.n, lens, req.include_usage)
+        return prompts, params, renderer
+
+    def _generate(self, prompts: list[list[int]], params: Any, request_id: str) -> AsyncIterator[tuple[int, Any]]:
+        if self.engine.errored:
+            raise unavailable("The model's engine died; a new replica is starting. Retry shortly.")
+        streams = [
+            self.engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-{i}")
+            for i, ids in enumerate(prompts)
+        ]
+        return _merge(streams)
+
+    async def _whole(self, req: _Request) -> bytes:
+        prompts, params, renderer = self._prepare(req)
+        async for i, out in self._generate(prompts, params, renderer.request_id):
+            renderer.add(i, out)
+        return renderer.response_bytes()
+
+    async def _stream(self, req: _Request) -> AsyncIterator[str]:
+        prompts, params, renderer = self._prepare(req)  # errors here reach the ingress before any byte is sent
+        yield renderer.start()
+        try:
+            async for i, out in self._generate(prompts, params, renderer.request_id):
+                chunk = renderer.delta(i, out)
+                if chunk:
+                    yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:  # the stream has started: say it in-band, then end
+            yield error_event(to_error(e).body())
+            return
+        yield renderer.end()
+
+    async def chat(self, req: ChatCompletionRequest) -> bytes:
+        return await self._whole(req)
+
+    async def completion(self, req: CompletionRequest) -> bytes:
+        return await self._whole(req)
+
+    # Streaming methods must be async generators themselves (Serve streams what they yield).
+    chat_stream = _stream
+    completion_stream = _stream
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def model_deployment(cfg: ModelConfig):
+    """The Serve deployment for one model, with its replica resources and (when min < max) autoscaling."""
+    r = cfg.replicas
+    options: dict[str, Any] = {
+        "name": deployment_name(cfg.name),
+        "max_ongoing_requests": r.max_ongoing_requests,
+        "health_check_period_s": r.health_check_period_s,
+        "health_check_timeout_s": r.health_check_timeout_s,
+        "ray_actor_options": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+    }
+    if r.min == r.max:
+        options["num_replicas"] = r.max
+    else:
+        options["autoscaling_config"] = {"min_replicas": r.min, "max_replicas": r.max,
+                                         "initial_replicas": r.initial_replicas}
+    return serve.deployment(LLMServer).options(**options)
+
+
+def deployment_name(model_name: str) -> str:
+    return "model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
+
+
+__all__ = ["LLMServer", "model_deployment", "deployment_name", "TideError"]

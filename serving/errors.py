@@ -1,0 +1,106 @@
+"""One place that turns any exception into an OpenAI-shaped error: `{"error": {message, type, param, code}}`.
+
+Replicas raise `TideError` (picklable, so it crosses Ray as itself); the ingress maps whatever reaches it
+with `to_error`. Unknown exceptions become a 500 with a sanitized message: no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+logger = logging.getLogger("tide.errors")
+
+
+class TideError(Exception):
+    """An error with an HTTP status that the client should see as is."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, status, type, param, code)  # all in args, so it pickles across Ray
+        self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> TideError:
+    return TideError(message, 400, "invalid_request_error", param, code)
+
+
+def model_not_found(model: str) -> TideError:
+    return TideError(f"The model `{model}` does not exist.", 404, "invalid_request_error", "model", "model_not_found")
+
+
+def unavailable(message: str) -> TideError:
+    return TideError(message, 503, "service_unavailable_error", None, "service_unavailable")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _loc(loc: tuple) -> str:
+    # pydantic puts union branch names ("str", "list[int]") into the path: not part of the client's field.
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def from_validation_error(err: ValidationError) -> TideError:
+    """The first pydantic error, worded the way OpenAI words request errors."""
+    e = err.errors()[0]
+    param = _loc(e["loc"])
+    if e["type"] == "extra_forbidden":
+        return bad_request(f"Unrecognized request argument supplied: {param}", param)
+    if e["type"] == "missing":
+        return bad_request(f"Missing required parameter: '{param}'.", param)
+    msg = e["msg"].removeprefix("Value error, ")
+    return bad_request(f"Invalid value for '{param}': {msg}" if param else msg, param or None)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps replica exceptions; the cause is what we map."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
+        return cause
+    return exc
+
+
+def to_error(exc: BaseException) -> TideError:
+    """Map any exception to a TideError (status + OpenAI body)."""
+    exc = _unwrap(exc)
+    if isinstance(exc, TideError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return bad_request(f"We could not parse the JSON body of your request: {exc.msg}", None, "invalid_json")
+    name = type(exc).__name__
+    if name in ("VLLMValidationError", "VLLMClientError"):
+        return bad_request(str(exc), getattr(exc, "parameter", None))
+    if name == "EngineDeadError":
+        return unavailable("The model's engine died; a new replica is starting. Retry shortly.")
+    if name in ("DeploymentUnavailableError", "BackPressureError", "ActorDiedError", "ActorUnavailableError"):
+        return unavailable("The model is temporarily unavailable. Retry shortly.")
+    if name in ("TimeoutError", "RequestTimeoutError"):
+        return TideError("The request timed out.", 504, "timeout_error", None, "timeout")
+    logger.exception("unexpected error while serving a request", exc_info=exc)
+    return TideError("The server had an error while processing your request.", 500, "server_error", None, None)

@@ -1,0 +1,149 @@
+"""The one HTTP ingress: OpenAI-compatible routes that dispatch by `model` to that model's deployment.
+
+Request path: HTTP socket -> Serve proxy -> this replica (parse + validate once) -> model replica via a
+DeploymentHandle (tokenize, engine, render SSE bytes) -> back through the same hops. The ingress never
+re-encodes what the model replica rendered. Errors leave through `errors.to_error` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import ServerConfig
+from .errors import TideError, bad_request, error_body, model_not_found, to_error
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .render import error_event
+
+logger = logging.getLogger("tide.ingress")
+app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
+
+
+def error_response(err: TideError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+
+
+@app.exception_handler(Exception)
+async def _any_error(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(to_error(exc))
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
+                        "request_too_large")
+    body = await request.body()
+    if len(body) > limit:
+        raise TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
+                        "request_too_large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"We could not parse the JSON body of your request: {e}", None, "invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.", None, "invalid_json")
+    return data
+
+
+async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Pass rendered chunks through; a failure mid-stream becomes an SSE error event, never a hang."""
+    if first:
+        yield first
+    try:
+        async for chunk in gen:
+            yield chunk
+    except Exception as e:  # replica died or similar after the stream started
+        yield error_event(to_error(e).body())
+
+
+# Note: serve.ingress captures the class when decorated, so every helper it uses must be defined above.
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """Routes by model name; holds one handle per model deployment."""
+
+    def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any]):
+        self.server = ServerConfig.model_validate(server)
+        self.models = models
+        self.streams = {name: h.options(stream=True) for name, h in models.items()}
+        self.cards: dict[str, dict[str, Any]] = {}
+
+    def _handle(self, name: str, stream: bool) -> DeploymentHandle:
+        handles = self.streams if stream else self.models
+        if name not in handles:
+            raise model_not_found(name)
+        return handles[name]
+
+    async def _probe(self, name: str, timeout_s: float) -> str:
+        try:
+            await asyncio.wait_for(self.models[name].check_health.remote(), timeout_s)
+            if name not in self.cards:
+                self.cards[name] = await asyncio.wait_for(self.models[name].info.remote(), timeout_s)
+            return "ready"
+        except asyncio.TimeoutError:
+            return "starting"
+        except Exception:
+            return "unavailable"
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        """200 when every model's engine answers a health check, else 503 with each model's state."""
+        names = list(self.models)
+        states = await asyncio.gather(*(self._probe(n, 5.0) for n in names))
+        models = dict(zip(names, states))
+        ok = all(s == "ready" for s in states)
+        return JSONResponse({"status": "ok" if ok else "degraded", "models": models}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def list_models(self) -> JSONResponse:
+        missing = [n for n in self.models if n not in self.cards]
+        if missing:
+            await asyncio.gather(*(self._probe(n, 1.0) for n in missing))
+        cards = [ModelCard(id=n, root=self.cards.get(n, {}).get("model"),
+                           max_model_len=self.cards.get(n, {}).get("max_model_len")) for n in self.models]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        return await self._serve(request, ChatCompletionRequest, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, CompletionRequest, "completion")
+
+    async def _serve(self, request: Request, schema: type, kind: str) -> Response:
+        try:
+            data = await _read_json(request, self.server.max_body_bytes)
+            try:
+                req = schema.model_validate(data)
+            except ValidationError as e:
+                raise to_error(e) from None
+            if not req.stream:
+                handle = self._handle(req.model, stream=False)
+                call = handle.chat if kind == "chat" else handle.completion
+                body = await asyncio.wait_for(call.remote(req), self.server.request_timeout_s)
+                return Response(body, media_type="application/json")
+            handle = self._handle(req.model, stream=True)
+            gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
+            first = await gen.__anext__()  # validation errors surface here, before any header is sent
+        except Exception as e:
+            return error_response(to_error(e))
+        return StreamingResponse(_forward(first, gen), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+

@@ -1,0 +1,116 @@
+"""Start or join Ray, deploy Tide, and wait, showing progress, until every engine has answered.
+
+Shared by `tide serve` and the test fixtures, so tests start the system exactly as users do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from .config import TideConfig
+
+Printer = Callable[[str], None]
+
+
+class DeployError(RuntimeError):
+    """The app failed to deploy or did not become ready in time; the message says which model and why."""
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start a local one bound to 127.0.0.1.
+
+    Returns True when this process started Ray (and so owns its shutdown).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    ray.init(
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=num_cpus or os.cpu_count(),
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return True
+
+
+def deploy(cfg: TideConfig, timeout_s: float = 900.0, say: Printer = print) -> str:
+    """Deploy the app and block until `/health` reports every model ready. Returns the endpoint URL."""
+    from ray import serve
+
+    from .app import APP_NAME, build_app
+
+    serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
+    serve._run(build_app(cfg), _blocking=False, name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    started = time.monotonic()
+    last = ""
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed > timeout_s:
+            raise DeployError(f"Tide was not ready after {timeout_s:.0f}s (last state: {last or 'unknown'})")
+        state, detail = _app_state(APP_NAME)
+        if state == "DEPLOY_FAILED":
+            raise DeployError(f"deploy failed: {detail}")
+        line = f"[{elapsed:5.0f}s] {detail}"
+        if detail != last:
+            say(line)
+            last = detail
+        if state == "RUNNING" and _healthy(url):
+            say(f"[{elapsed:5.0f}s] every engine answered its health check")
+            return url
+        time.sleep(1.0)
+
+
+def _app_state(name: str) -> tuple[str, str]:
+    from ray import serve
+
+    app = serve.status().applications.get(name)
+    if app is None:
+        return "NOT_STARTED", "waiting for the Serve controller"
+    parts = []
+    for dep_name, dep in app.deployments.items():
+        running = dep.replica_states.get("RUNNING", 0)
+        total = sum(dep.replica_states.values())
+        parts.append(f"{dep_name}: {dep.status.value} {running}/{total} replicas running")
+        if dep.status.value == "DEPLOY_FAILED" or (dep.message and "failed" in dep.message.lower()):
+            parts[-1] += f" ({dep.message.strip().splitlines()[-1][:300]})"
+    return app.status.value, "; ".join(parts) or app.status.value
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as r:
+            return r.status == 200 and json.loads(r.read()).get("status") == "ok"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def shutdown(owns_ray: bool) -> None:
+    """Tear down the Serve app (engines stop with their replicas) and Ray when we started it."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+def progress_printer(stream=sys.stderr) -> Printer:
+    def say(msg: str) -> None:
+        print(msg, file=stream, flush=True)
+
+    return say

@@ -1,0 +1,56 @@
+"""One real local Ray + Serve app + vLLM engine on the tiny model, started once for the whole session,
+exactly as `tide serve` starts it (same config loader, same launcher)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tide_config():
+    from serving.config import load_config
+
+    if not (ROOT / ".models" / "tiny-llama" / "config.json").exists():
+        pytest.fail("tiny model missing: run `make model` (make test builds it)")
+    cfg = load_config(ROOT / "examples" / "tiny.yaml")
+    cfg.server.port = free_port()
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tide_url(tide_config):
+    from serving.launcher import deploy, shutdown, start_ray
+
+    owns = start_ray(num_cpus=2)
+    try:
+        url = deploy(tide_config, timeout_s=600, say=lambda m: print(m, flush=True))
+        yield url
+    finally:
+        shutdown(owns)
+
+
+@pytest.fixture(scope="session")
+def client(tide_url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{tide_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def model_name(tide_config) -> str:
+    return tide_config.models[0].name

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from serving.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_example_config_loads_and_resolves_model_path():
+    cfg = load_config(ROOT / "examples" / "tiny.yaml")
+    assert cfg.server.host == "127.0.0.1"
+    assert cfg.models[0].name == "tiny"
+    assert cfg.models[0].model == str(ROOT / ".models" / "tiny-llama")
+    assert cfg.models[0].engine_args["max_model_len"] == 1024
+
+
+def test_hf_ids_are_left_alone():
+    cfg = parse_config({"models": [{"name": "m", "model": "meta-llama/Llama-3.1-8B-Instruct"}]}, base_dir=Path("/x"))
+    assert cfg.models[0].model == "meta-llama/Llama-3.1-8B-Instruct"
+    assert cfg.server.port == 8000 and cfg.models[0].replicas.initial_replicas == 1
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("models: []\n", "models: List should have at least 1 item"),
+        ("server: {port: 70000}\nmodels: [{name: a, model: x}]\n", "server.port: Input should be less than or equal"),
+        ("models: [{name: a, model: x, replicas: {min: 3, max: 2}}]\n", "models.0.replicas: max (2) must be >= min (3)"),
+        ("models: [{name: a, model: x, replicas: {min: 1, max: 2, initial: 5}}]\n", "initial (5) must lie within"),
+        ("models: [{name: a, model: x, typo: 1}]\n", "models.0.typo: unknown field"),
+        ("models: [{name: a, model: x}, {name: a, model: y}]\n", "model name 'a' appears twice"),
+        ("models: [{name: 'bad name!', model: x}]\n", "name 'bad name!' must be"),
+        ("models: [{name: a, model: x, engine_args: {model: y}}]\n", "engine_args must not set `model`"),
+        ("models: [{model: x}]\n", "models.0.name: Field required"),
+        ("- just a list\n", "the top level must be a mapping"),
+        ("models: [{name: a\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path, text, expected):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
