@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.serve import Application
 
 from .config import TideConfig
@@ -13,9 +15,11 @@ APP_NAME = "tide"
 
 def build_app(cfg: TideConfig) -> Application:
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
-    ingress = Ingress.options(
-        num_replicas=cfg.server.ingress_replicas,
-        max_ongoing_requests=100_000,  # the ingress only forwards; backpressure lives at the models
-        ray_actor_options={"num_cpus": cfg.server.ingress_num_cpus},
-    )
-    return ingress.bind(models, cfg.server.model_dump())
+    options: dict[str, Any] = {
+        "num_replicas": cfg.server.ingress_replicas,
+        "max_ongoing_requests": 100_000,  # the ingress only forwards; backpressure lives at the models
+        "ray_actor_options": {"num_cpus": cfg.server.ingress_num_cpus},
+    }
+    if cfg.server.direct_ingress:
+        options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
+    return Ingress.options(**options).bind(models, cfg.server.model_dump())

@@ -33,7 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     say = progress_printer()
     say(f"starting Tide with {len(cfg.models)} model(s): {', '.join(m.name for m in cfg.models)}")
-    owns_ray = start_ray(args.address)
+    owns_ray = start_ray(cfg, args.address)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: it is ignored in background jobs otherwise
         signal.signal(sig, lambda *_: stop.set())

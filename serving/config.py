@@ -62,6 +62,11 @@ class ModelConfig(_Strict):
         default_factory=dict, description="Environment variables for the replica and its engine processes."
     )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig, description="Replica count and resources.")
+    stream_batch_ms: NonNegativeFloat = Field(
+        20.0,
+        description="After the first token, send streamed tokens at most this often; tokens produced in between "
+        "travel as one chunk (0 sends every engine step). Cuts per-token hops under load; TTFT is unaffected.",
+    )
     cpu_bind: str = Field(
         "rank",
         description="CPU builds only: `rank` pins each replica's engine threads to core (rank mod cores), "
@@ -84,7 +89,15 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible endpoint.")
     request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may take end to end.")
     max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
-    ingress_replicas: PositiveInt = Field(1, description="Copies of the HTTP ingress deployment.")
+    ingress_replicas: PositiveInt = Field(
+        1, description="Copies of the HTTP ingress deployment (with direct_ingress: at most one per node)."
+    )
+    direct_ingress: bool = Field(
+        True,
+        description="Serve HTTP from the ingress replica itself on `port` (Ray Serve's throughput-optimized direct "
+        "ingress), skipping the Serve proxy hop: about 2x the tokens/s of the proxy path on 2 cores. Applies when "
+        "Tide starts Ray; on a cluster, start Ray with the variables `tide serve` prints.",
+    )
     ingress_num_cpus: NonNegativeFloat = Field(0.0, description="Ray CPUs reserved per ingress replica.")
 
 

@@ -141,11 +141,14 @@ class LLMServer:
     async def _stream(self, req: _Request) -> AsyncIterator[str]:
         prompts, params, renderer = self._prepare(req)  # errors here reach the ingress before any byte is sent
         yield renderer.start()
+        gap_s = self.cfg.stream_batch_ms / 1000.0
         try:
             async for i, out in self._generate(prompts, params, renderer.request_id):
                 chunk = renderer.delta(i, out)
                 if chunk:
                     yield chunk
+                    if gap_s:  # meanwhile vLLM merges this request's next steps into one delta
+                        await asyncio.sleep(gap_s)
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as e:  # the stream has started: say it in-band, then end

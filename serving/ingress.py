@@ -43,15 +43,21 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(to_error(exc))
 
 
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+
 async def _read_json(request: Request, limit: int) -> Any:
+    too_large = TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
+                          "request_too_large")
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
-        raise TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
-                        "request_too_large")
+        if int(size) <= _DRAIN_LIMIT:  # read and drop it, so the client gets the 413 rather than a reset
+            async for _ in request.stream():
+                pass
+        raise too_large
     body = await request.body()
     if len(body) > limit:
-        raise TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
-                        "request_too_large")
+        raise too_large
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

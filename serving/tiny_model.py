@@ -89,8 +89,8 @@ def build_tiny_model(
 
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     (out / MARKER).write_text(json.dumps({"spec": spec, "weights_sha256": digest}, indent=2))
-    steps.set_postfix_str("done")
     steps.update()
+    steps.set_postfix_str("done")
     steps.close()
     print(f"tiny model written to {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return out

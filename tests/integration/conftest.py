@@ -36,7 +36,7 @@ def tide_config():
 def tide_url(tide_config):
     from serving.launcher import deploy, shutdown, start_ray
 
-    owns = start_ray(num_cpus=2)
+    owns = start_ray(tide_config, num_cpus=2)
     try:
         url = deploy(tide_config, timeout_s=600, say=lambda m: print(m, flush=True))
         yield url
