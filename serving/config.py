@@ -62,6 +62,11 @@ class ModelConfig(_Strict):
         default_factory=dict, description="Environment variables for the replica and its engine processes."
     )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig, description="Replica count and resources.")
+    autoscaling: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Tide autoscaling policy settings (autoscale.policy.PolicyConfig, min/max come from "
+        "`replicas`); used when replicas.min < replicas.max.",
+    )
     stream_batch_ms: NonNegativeFloat = Field(
         20.0,
         description="After the first token, send streamed tokens at most this often; tokens produced in between "
@@ -79,7 +84,22 @@ class ModelConfig(_Strict):
             raise ValueError(f"name {self.name!r} must be 1-128 of letters, digits and . _ : / - (not starting with one)")
         if "model" in self.engine_args:
             raise ValueError("engine_args must not set `model`; use the model's `model` field")
+        try:
+            self.policy_config()
+        except ValidationError as e:
+            raise ValueError("autoscaling: " + "; ".join(
+                (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"].removeprefix("Value error, ")
+                for x in e.errors())) from None
         return self
+
+    def policy_config(self):
+        """The autoscaling policy config for this model (bounds from `replicas`)."""
+        from autoscale.policy import PolicyConfig
+
+        extra = {k: v for k, v in self.autoscaling.items() if k not in ("min_replicas", "max_replicas")}
+        if len(extra) != len(self.autoscaling):
+            raise ValueError("autoscaling: set min/max under `replicas`, not here")
+        return PolicyConfig(min_replicas=self.replicas.min, max_replicas=self.replicas.max, **extra)
 
 
 class ServerConfig(_Strict):

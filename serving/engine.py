@@ -86,9 +86,12 @@ class LLMServer:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from .engine_stats import EngineStats
+
         started = time.monotonic()
         args = AsyncEngineArgs(model=self.cfg.model, served_model_name=self.cfg.name, **self.cfg.engine_args)
-        self.engine = AsyncLLM.from_engine_args(args)
+        self.stats = EngineStats()
+        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: self.stats])
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
         self.vocab_size: int = self.engine.model_config.get_vocab_size()
@@ -100,6 +103,10 @@ class LLMServer:
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
         await self.engine.check_health()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve pushes these to the autoscaler: the engine's queue, not just requests in flight."""
+        return self.stats.snapshot(self.engine.get_num_unfinished_requests())
 
     async def info(self) -> dict[str, Any]:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
@@ -185,8 +192,20 @@ def model_deployment(cfg: ModelConfig):
     if r.min == r.max:
         options["num_replicas"] = r.max
     else:
-        options["autoscaling_config"] = {"min_replicas": r.min, "max_replicas": r.max,
-                                         "initial_replicas": r.initial_replicas}
+        policy = cfg.policy_config()
+        options["autoscaling_config"] = {
+            "min_replicas": r.min,
+            "max_replicas": r.max,
+            "initial_replicas": r.initial_replicas,
+            # Tide's policy owns hysteresis and delays; Serve's own would stack on top of them.
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+            "downscale_to_zero_delay_s": 0,
+            "look_back_period_s": 2.0,
+            "metrics_interval_s": 1.0,
+            "policy": {"policy_function": "autoscale.serve_policy:TidePolicy",
+                       "policy_kwargs": policy.model_dump()},
+        }
     return serve.deployment(LLMServer).options(**options)
 
 

@@ -78,6 +78,24 @@ async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
         yield error_event(to_error(e).body())
 
 
+def _scaled_to_zero(names: list[str]) -> set[str]:
+    """Models whose deployment has no replica and wants none (so probing them would wake them)."""
+    from .engine import deployment_name
+
+    try:
+        app = serve.status().applications.get("tide")
+    except Exception:
+        return set()
+    if app is None:
+        return set()
+    cold = set()
+    for n in names:
+        dep = app.deployments.get(deployment_name(n))
+        if dep is not None and sum(dep.replica_states.values()) == 0:
+            cold.add(n)
+    return cold
+
+
 # Note: serve.ingress captures the class when decorated, so every helper it uses must be defined above.
 @serve.deployment
 @serve.ingress(app)
@@ -109,10 +127,12 @@ class Ingress:
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
-        """200 when every model's engine answers a health check, else 503 with each model's state."""
-        names = list(self.models)
+        """200 when every model's engine answers a health check (a model scaled to zero counts as healthy and
+        is not woken), else 503 with each model's state."""
+        cold = await asyncio.to_thread(_scaled_to_zero, list(self.models))
+        names = [n for n in self.models if n not in cold]
         states = await asyncio.gather(*(self._probe(n, 5.0) for n in names))
-        models = dict(zip(names, states))
+        models = {**dict(zip(names, states)), **{n: "scaled_to_zero" for n in cold}}
         ok = all(s == "ready" for s in states)
         return JSONResponse({"status": "ok" if ok else "degraded", "models": models}, status_code=200 if ok else 503)
 

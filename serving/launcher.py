@@ -30,7 +30,12 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
     deployments, buffered request logs; with `direct_ingress` the ingress replica itself listens on the
     public port (a one-port range), so requests skip the Serve proxy hop.
     """
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # Fresh queue depth for the autoscaler (Serve's default pushes every 10 s).
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    }
     if cfg.server.direct_ingress:
         env.update({
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",

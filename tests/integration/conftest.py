@@ -27,7 +27,7 @@ def tide_config():
 
     if not (ROOT / ".models" / "tiny-llama" / "config.json").exists():
         pytest.fail("tiny model missing: run `make model` (make test builds it)")
-    cfg = load_config(ROOT / "examples" / "tiny.yaml")
+    cfg = load_config(Path(__file__).with_name("tide-test.yaml"))
     cfg.server.port = free_port()
     return cfg
 
@@ -54,3 +54,13 @@ def client(tide_url):
 @pytest.fixture(scope="session")
 def model_name(tide_config) -> str:
     return tide_config.models[0].name
+
+
+def running_replicas(model: str) -> int:
+    from ray import serve
+
+    from serving.app import APP_NAME
+    from serving.engine import deployment_name
+
+    dep = serve.status().applications[APP_NAME].deployments[deployment_name(model)]
+    return dep.replica_states.get("RUNNING", 0)

@@ -39,6 +39,10 @@ def test_hf_ids_are_left_alone():
         ("models: [{name: 'bad name!', model: x}]\n", "name 'bad name!' must be"),
         ("models: [{name: a, model: x, engine_args: {model: y}}]\n", "engine_args must not set `model`"),
         ("models: [{model: x}]\n", "models.0.name: Field required"),
+        ("models: [{name: a, model: x, replicas: {max: 2}, autoscaling: {target_utilization: 0.3}}]\n",
+         "autoscaling: downscale_utilization (0.5) must be < target_utilization (0.3)"),
+        ("models: [{name: a, model: x, autoscaling: {max_replicas: 3}}]\n", "set min/max under `replicas`"),
+        ("models: [{name: a, model: x, autoscaling: {bogus: 1}}]\n", "autoscaling: bogus: Extra inputs"),
         ("- just a list\n", "the top level must be a mapping"),
         ("models: [{name: a\n", "not valid YAML"),
     ],
@@ -54,3 +58,10 @@ def test_bad_config_names_file_and_field(tmp_path, text, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_autoscaling_bounds_come_from_replicas():
+    cfg = parse_config({"models": [{"name": "m", "model": "x", "replicas": {"min": 0, "max": 3},
+                                    "autoscaling": {"replica_capacity": 8}}]})
+    p = cfg.models[0].policy_config()
+    assert (p.min_replicas, p.max_replicas, p.replica_capacity) == (0, 3, 8)

@@ -1,0 +1,76 @@
+"""Autoscaling on a real local cluster: queue depth grows a model, idleness shrinks it, zero wakes on demand.
+
+Zero failed requests throughout: every request sent during scaling must be answered.
+"""
+
+import asyncio
+import time
+
+from openai import AsyncOpenAI
+
+from .conftest import running_replicas
+
+
+def wait_for(pred, timeout_s: float, step_s: float = 1.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step_s)
+    return pred()
+
+
+async def _load(url: str, model: str, stop: asyncio.Event, concurrency: int) -> tuple[int, list[str]]:
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+    ok, errors = 0, []
+
+    async def worker():
+        nonlocal ok
+        while not stop.is_set():
+            try:
+                stream = await client.completions.create(model=model, prompt="hello", max_tokens=96, stream=True,
+                                                         extra_body={"ignore_eos": True})
+                async for _ in stream:
+                    pass
+                ok += 1
+            except Exception as e:  # any failure fails the test
+                errors.append(repr(e))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await client.close()
+    return ok, errors
+
+
+def test_burst_scales_up_then_back_down_with_no_failed_request(tide_url):
+    assert running_replicas("tiny-auto") == 1
+
+    async def scenario():
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(tide_url, "tiny-auto", stop, concurrency=16))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 240 and running_replicas("tiny-auto") < 2:
+            await asyncio.sleep(1)
+        scaled_after = time.monotonic() - t0
+        await asyncio.sleep(2)  # both replicas serve for a moment
+        stop.set()
+        ok, errors = await load
+        return scaled_after, ok, errors
+
+    scaled_after, ok, errors = asyncio.run(scenario())
+    assert running_replicas("tiny-auto") == 2, f"did not reach 2 replicas within {scaled_after:.0f}s"
+    assert errors == [] and ok > 0
+    assert wait_for(lambda: running_replicas("tiny-auto") == 1, 120), "did not scale back to min_replicas"
+
+
+def test_scale_to_zero_and_the_next_request_is_answered(client, tide_url):
+    assert wait_for(lambda: running_replicas("tiny-zero") == 0, 120), "tiny-zero did not scale to zero"
+    r = client.chat.completions.create(model="tiny-zero", messages=[{"role": "user", "content": "wake up"}],
+                                       max_tokens=4)
+    assert r.usage.completion_tokens == 4
+    assert running_replicas("tiny-zero") == 1
+    # the other models kept serving while it was cold
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_fixed_model_is_not_autoscaled():
+    assert running_replicas("tiny") == 1

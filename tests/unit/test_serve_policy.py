@@ -1,0 +1,49 @@
+"""The Serve glue around the pure policy, with a stand-in AutoscalingContext (no Ray)."""
+
+from types import SimpleNamespace
+
+from autoscale.serve_policy import KV, RUNNING, STATE_KEY, WAITING, TidePolicy, stats_from_metrics
+
+
+def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None):
+    replicas = [f"r{i}" for i in range(n)]
+    return SimpleNamespace(aggregated_metrics=metrics, running_replicas=replicas, total_num_requests=total,
+                           policy_state=state or {}, current_time=now, current_num_replicas=n,
+                           target_num_replicas=n if target is None else target,
+                           app_name="tide", deployment_name="model-x")
+
+
+def test_stats_from_metrics_marks_silent_replicas():
+    m = {WAITING: {"r0": 3.0}, RUNNING: {"r0": 5.0}, KV: {"r0": 0.5}}
+    s = stats_from_metrics(m, ["r0", "r1"])
+    assert s[0].waiting == 3 and s[0].running == 5 and s[0].kv_cache_usage == 0.5 and s[1] is None
+    assert stats_from_metrics(None, ["r0"]) == [None]
+
+
+def test_policy_scales_up_on_engine_queue_and_keeps_state_under_its_key():
+    p = TidePolicy(min_replicas=1, max_replicas=4, replica_capacity=4, upscale_delay_s=0)
+    m = {WAITING: {"r0": 10.0}, RUNNING: {"r0": 4.0}}
+    n, state = p(ctx(1, m, total=14))
+    assert n == 4 and STATE_KEY in state
+    n2, _ = p(ctx(4, {WAITING: {}, RUNNING: {}}, state=state, now=101))
+    assert n2 == 4  # silent new replicas: hold, no flapping
+
+
+def test_requests_queued_before_any_engine_wake_a_model_at_zero():
+    p = TidePolicy(min_replicas=0, max_replicas=2, replica_capacity=4)
+    n, _ = p(ctx(0, {}, total=3))
+    assert n == 1
+
+
+def test_replicas_still_starting_are_not_undone():
+    """Regression: deciding against running replicas (1) while the target is 2 made Serve flap 2 -> 1 -> 2."""
+    p = TidePolicy(min_replicas=1, max_replicas=2, replica_capacity=4, upscale_delay_s=0.5)
+    m = {WAITING: {"r0": 12.0}, RUNNING: {"r0": 4.0}}
+    state = {}
+    targets = []
+    target = 1
+    for i in range(20):
+        target, state = p(ctx(1, m, total=16, state=state, now=100 + i * 0.5, target=target))
+        targets.append(target)
+    assert targets[0] == 1 and targets[-1] == 2
+    assert targets == sorted(targets)  # never back down while the new replica starts
