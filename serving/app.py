@@ -22,4 +22,6 @@ def build_app(cfg: TideConfig) -> Application:
     }
     if cfg.server.direct_ingress:
         options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
-    return Ingress.options(**options).bind(models, cfg.server.model_dump())
+    cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
+                     "start_s": m.policy_config().replica_start_s} for m in cfg.models}
+    return Ingress.options(**options).bind(models, cfg.server.model_dump(), cold)

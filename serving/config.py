@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
@@ -67,6 +67,20 @@ class ModelConfig(_Strict):
         description="Tide autoscaling policy settings (autoscale.policy.PolicyConfig, min/max come from "
         "`replicas`); used when replicas.min < replicas.max.",
     )
+    cold_start_timeout_s: float = Field(
+        180.0, gt=0, description="How long a request waits for a replica of a cold model before a 503 with "
+        "Retry-After (streaming requests get SSE comment heartbeats meanwhile).",
+    )
+    max_held_requests: PositiveInt = Field(
+        256, description="Requests that may wait for a cold model at once; more get 429 with Retry-After."
+    )
+    autoscaling_policy: Literal["tide", "serve"] = Field(
+        "tide", description="`tide`: queue-depth policy (`autoscaling`); `serve`: Ray Serve's built-in policy "
+        "with `serve_autoscaling` passed through as its AutoscalingConfig (for comparisons).",
+    )
+    serve_autoscaling: dict[str, Any] = Field(
+        default_factory=dict, description="Extra Serve AutoscalingConfig fields when autoscaling_policy is `serve`."
+    )
     stream_batch_ms: NonNegativeFloat = Field(
         20.0,
         description="After the first token, send streamed tokens at most this often; tokens produced in between "
@@ -108,6 +122,7 @@ class ServerConfig(_Strict):
     host: str = Field("127.0.0.1", description="Interface to bind; loopback unless you deliberately expose it.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible endpoint.")
     request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may take end to end.")
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between SSE comment heartbeats on held streams.")
     max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
     ingress_replicas: PositiveInt = Field(
         1, description="Copies of the HTTP ingress deployment (with direct_ingress: at most one per node)."

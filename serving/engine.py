@@ -191,6 +191,9 @@ def model_deployment(cfg: ModelConfig):
     }
     if r.min == r.max:
         options["num_replicas"] = r.max
+    elif cfg.autoscaling_policy == "serve":
+        options["autoscaling_config"] = {"min_replicas": r.min, "max_replicas": r.max,
+                                         "initial_replicas": r.initial_replicas, **cfg.serve_autoscaling}
     else:
         policy = cfg.policy_config()
         options["autoscaling_config"] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
 from .errors import TideError, bad_request, error_body, model_not_found, to_error
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
@@ -67,6 +69,10 @@ async def _read_json(request: Request, limit: int) -> Any:
     return data
 
 
+async def _result(response: Any) -> Any:
+    return await response
+
+
 async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
     """Pass rendered chunks through; a failure mid-stream becomes an SSE error event, never a hang."""
     if first:
@@ -78,22 +84,25 @@ async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
         yield error_event(to_error(e).body())
 
 
-def _scaled_to_zero(names: list[str]) -> set[str]:
-    """Models whose deployment has no replica and wants none (so probing them would wake them)."""
+def _replica_counts(names: list[str]) -> dict[str, tuple[int, int]]:
+    """(running, total) replicas per model, from the Serve controller. Empty when it cannot be asked."""
     from .engine import deployment_name
 
     try:
         app = serve.status().applications.get("tide")
     except Exception:
-        return set()
-    if app is None:
-        return set()
-    cold = set()
+        return {}
+    out = {}
     for n in names:
-        dep = app.deployments.get(deployment_name(n))
-        if dep is not None and sum(dep.replica_states.values()) == 0:
-            cold.add(n)
-    return cold
+        dep = app.deployments.get(deployment_name(n)) if app is not None else None
+        if dep is not None:
+            out[n] = (dep.replica_states.get("RUNNING", 0), sum(dep.replica_states.values()))
+    return out
+
+
+def _retry_response(status: int, message: str, code: str, retry_after: int) -> JSONResponse:
+    err = TideError(message, status, "rate_limit_error" if status == 429 else "service_unavailable_error", None, code)
+    return JSONResponse(err.body(), status_code=status, headers={"Retry-After": str(retry_after)})
 
 
 # Note: serve.ingress captures the class when decorated, so every helper it uses must be defined above.
@@ -102,11 +111,31 @@ def _scaled_to_zero(names: list[str]) -> set[str]:
 class Ingress:
     """Routes by model name; holds one handle per model deployment."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any]):
+    def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any], cold: dict[str, dict]):
         self.server = ServerConfig.model_validate(server)
         self.models = models
         self.streams = {name: h.options(stream=True) for name, h in models.items()}
         self.cards: dict[str, dict[str, Any]] = {}
+        # cold starts: per model {timeout_s, max_held, start_s}; the start estimate becomes what we measure
+        self.cold = cold
+        self.gates = {n: HoldGate(c["max_held"]) for n, c in cold.items()}
+        self.start_estimate = {n: float(c["start_s"]) for n, c in cold.items()}
+        self.counts: dict[str, tuple[int, int]] = {}
+        self._watch: asyncio.Task | None = None
+
+    async def _watch_replicas(self) -> None:
+        while True:
+            self.counts = await asyncio.to_thread(_replica_counts, list(self.models)) or self.counts
+            await asyncio.sleep(0.5)
+
+    def _is_cold(self, name: str) -> bool:
+        """No running replica (scaled to zero, or all starting): requests are held, not failed."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_replicas())
+        return self.counts.get(name, (1, 1))[0] == 0
+
+    def _observed_start(self, name: str, t0: float) -> None:
+        self.start_estimate[name] = update_start_estimate(self.start_estimate.get(name), time.monotonic() - t0)
 
     def _handle(self, name: str, stream: bool) -> DeploymentHandle:
         handles = self.streams if stream else self.models
@@ -129,12 +158,22 @@ class Ingress:
     async def health(self) -> JSONResponse:
         """200 when every model's engine answers a health check (a model scaled to zero counts as healthy and
         is not woken), else 503 with each model's state."""
-        cold = await asyncio.to_thread(_scaled_to_zero, list(self.models))
+        counts = await asyncio.to_thread(_replica_counts, list(self.models))
+        cold = {n for n, (_, total) in counts.items() if total == 0}
         names = [n for n in self.models if n not in cold]
         states = await asyncio.gather(*(self._probe(n, 5.0) for n in names))
         models = {**dict(zip(names, states)), **{n: "scaled_to_zero" for n in cold}}
         ok = all(s == "ready" for s in states)
         return JSONResponse({"status": "ok" if ok else "degraded", "models": models}, status_code=200 if ok else 503)
+
+    @app.get("/tide/status")
+    async def status(self) -> JSONResponse:
+        """Per model: running and total replicas, requests held for a cold start, expected start time."""
+        counts = await asyncio.to_thread(_replica_counts, list(self.models))
+        return JSONResponse({"models": {
+            n: {"running": counts.get(n, (0, 0))[0], "replicas": counts.get(n, (0, 0))[1],
+                "held": self.gates[n].held, "expected_start_s": round(self.start_estimate[n], 1)}
+            for n in self.models}})
 
     @app.get("/v1/models")
     async def list_models(self) -> JSONResponse:
@@ -160,6 +199,9 @@ class Ingress:
                 req = schema.model_validate(data)
             except ValidationError as e:
                 raise to_error(e) from None
+            self._handle(req.model, stream=req.stream)  # unknown model -> 404
+            if self._is_cold(req.model):
+                return await self._serve_cold(req, kind)
             if not req.stream:
                 handle = self._handle(req.model, stream=False)
                 call = handle.chat if kind == "chat" else handle.completion
@@ -172,4 +214,69 @@ class Ingress:
             return error_response(to_error(e))
         return StreamingResponse(_forward(first, gen), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _serve_cold(self, req: Any, kind: str) -> Response:
+        """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
+        name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
+        expected = self.start_estimate[name]
+        if not gate.try_hold():
+            return _retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
+                                   "too_many_held_requests", retry_after_s(expected, 0))
+        t0 = time.monotonic()
+        handle = self._handle(name, stream=req.stream)
+        if req.stream:
+            gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
+            first = asyncio.ensure_future(gen.__anext__())
+            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        call = (handle.chat if kind == "chat" else handle.completion).remote(req)
+        task = asyncio.ensure_future(_result(call))
+        try:
+            while not task.done() and self.counts.get(name, (0, 0))[0] == 0:
+                waited = time.monotonic() - t0
+                if waited > cfg["timeout_s"]:
+                    task.cancel()
+                    return _retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
+                                           "cold_start_timeout", retry_after_s(expected, waited))
+                await asyncio.wait({task}, timeout=0.25)
+            self._observed_start(name, t0)
+        finally:
+            gate.release()
+        try:
+            body = await asyncio.wait_for(task, self.server.request_timeout_s)
+        except Exception as e:
+            return error_response(to_error(e))
+        return Response(body, media_type="application/json")
+
+    async def _held_stream(self, name, first, gen, t0, cfg, gate) -> AsyncIterator[str]:
+        """SSE comment heartbeats while the model starts, then the stream itself (or an in-band 503)."""
+        released = False
+        try:
+            while not first.done():
+                await asyncio.wait({first}, timeout=self.server.heartbeat_s)
+                waited = time.monotonic() - t0
+                if first.done():
+                    break
+                if waited > cfg["timeout_s"]:
+                    err = TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in "
+                                    f"{retry_after_s(self.start_estimate[name], waited)}s.", 503,
+                                    "service_unavailable_error", None, "cold_start_timeout")
+                    yield error_event(err.body())
+                    return
+                yield f": waiting for a replica of {name} ({waited:.0f}s)\n\n"
+            gate.release()
+            released = True
+            self._observed_start(name, t0)
+            try:
+                chunk = first.result()
+            except Exception as e:
+                yield error_event(to_error(e).body())
+                return
+            async for c in _forward(chunk, gen):
+                yield c
+        finally:
+            if not released:
+                gate.release()
+            if not first.done():
+                first.cancel()
 

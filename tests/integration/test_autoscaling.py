@@ -62,11 +62,38 @@ def test_burst_scales_up_then_back_down_with_no_failed_request(tide_url):
     assert wait_for(lambda: running_replicas("tiny-auto") == 1, 120), "did not scale back to min_replicas"
 
 
-def test_scale_to_zero_and_the_next_request_is_answered(client, tide_url):
+def test_scale_to_zero_holds_requests_with_heartbeats_caps_them_and_answers(client, tide_url):
+    import httpx
+
     assert wait_for(lambda: running_replicas("tiny-zero") == 0, 120), "tiny-zero did not scale to zero"
-    r = client.chat.completions.create(model="tiny-zero", messages=[{"role": "user", "content": "wake up"}],
-                                       max_tokens=4)
-    assert r.usage.completion_tokens == 4
+    time.sleep(1.5)  # the ingress refreshes replica counts every 0.5 s
+    chat = {"model": "tiny-zero", "messages": [{"role": "user", "content": "wake up"}], "max_tokens": 4}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=tide_url, timeout=300) as http:
+            async def stream():
+                lines = []
+                async with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        if line:
+                            lines.append(line)
+                return lines
+
+            held = [asyncio.create_task(stream()), asyncio.create_task(http.post("/v1/chat/completions", json=chat))]
+            await asyncio.sleep(0.5)
+            extra = await asyncio.gather(*(http.post("/v1/chat/completions", json=chat) for _ in range(2)))
+            return await held[0], await held[1], extra
+
+    lines, whole, extra = asyncio.run(scenario())
+    # held: the stream got comment heartbeats while the replica started, then content and [DONE]
+    assert any(l.startswith(": waiting for a replica") for l in lines)
+    assert lines[-1] == "data: [DONE]" and any('"content"' in l for l in lines)
+    assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] == 4
+    # over max_held_requests (2): told to come back, with a Retry-After computed from the expected start
+    for r in extra:
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"]["code"] == "too_many_held_requests"
     assert running_replicas("tiny-zero") == 1
     # the other models kept serving while it was cold
     assert client.completions.create(model="tiny", prompt="hi", max_tokens=2).usage.completion_tokens == 2
