@@ -34,6 +34,10 @@ class ReplicaConfig(_Strict):
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests Serve sends one replica at once; vLLM batches them, so keep it high."
     )
+    graceful_shutdown_timeout_s: float = Field(
+        300.0, gt=0, description="On scale-down, how long a draining replica may finish its in-flight requests "
+        "(it gets no new ones) before it is stopped.",
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take before failing.")
 

@@ -187,6 +187,7 @@ def model_deployment(cfg: ModelConfig):
         "max_ongoing_requests": r.max_ongoing_requests,
         "health_check_period_s": r.health_check_period_s,
         "health_check_timeout_s": r.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
         "ray_actor_options": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
     }
     if r.min == r.max:
