@@ -69,6 +69,9 @@ async def _read_json(request: Request, limit: int) -> Any:
     return data
 
 
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 async def _result(response: Any) -> Any:
     return await response
 
@@ -178,8 +181,10 @@ class Ingress:
     @app.get("/v1/models")
     async def list_models(self) -> JSONResponse:
         missing = [n for n in self.models if n not in self.cards]
-        if missing:
-            await asyncio.gather(*(self._probe(n, 1.0) for n in missing))
+        if missing:  # learn max_model_len from warm models; never wake a cold one just to list it
+            counts = await asyncio.to_thread(_replica_counts, missing)
+            warm = [n for n in missing if counts.get(n, (1, 1))[0] > 0]
+            await asyncio.gather(*(self._probe(n, 1.0) for n in warm))
         cards = [ModelCard(id=n, root=self.cards.get(n, {}).get("model"),
                            max_model_len=self.cards.get(n, {}).get("max_model_len")) for n in self.models]
         return JSONResponse(ModelList(data=cards).model_dump())
@@ -199,23 +204,20 @@ class Ingress:
                 req = schema.model_validate(data)
             except ValidationError as e:
                 raise to_error(e) from None
-            self._handle(req.model, stream=req.stream)  # unknown model -> 404
+            handle = self._handle(req.model, stream=req.stream)  # unknown model -> 404
             if self._is_cold(req.model):
-                return await self._serve_cold(req, kind)
+                return await self._serve_cold(req, kind, handle)
             if not req.stream:
-                handle = self._handle(req.model, stream=False)
                 call = handle.chat if kind == "chat" else handle.completion
                 body = await asyncio.wait_for(call.remote(req), self.server.request_timeout_s)
                 return Response(body, media_type="application/json")
-            handle = self._handle(req.model, stream=True)
             gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
             first = await gen.__anext__()  # validation errors surface here, before any header is sent
         except Exception as e:
             return error_response(to_error(e))
-        return StreamingResponse(_forward(first, gen), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(_forward(first, gen), media_type="text/event-stream", headers=_SSE_HEADERS)
 
-    async def _serve_cold(self, req: Any, kind: str) -> Response:
+    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle) -> Response:
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
         name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
         expected = self.start_estimate[name]
@@ -223,12 +225,11 @@ class Ingress:
             return _retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
                                    "too_many_held_requests", retry_after_s(expected, 0))
         t0 = time.monotonic()
-        handle = self._handle(name, stream=req.stream)
         if req.stream:
             gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
             first = asyncio.ensure_future(gen.__anext__())
             return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers=_SSE_HEADERS)
         call = (handle.chat if kind == "chat" else handle.completion).remote(req)
         task = asyncio.ensure_future(_result(call))
         try:

@@ -186,60 +186,61 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class _Response(BaseModel):
+    """What every completion response and chunk starts with. Strict, so tests catch stray fields."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    id: str
+    created: int
+    model: str
+
+
+class _ChoiceBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
 
 
-class ChatChoice(BaseModel):
-    index: int
+class ChatChoice(_ChoiceBase):
     message: ResponseMessage
-    logprobs: None = None
-    finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(_Response):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
 
 class DeltaMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int
+class ChatChunkChoice(_ChoiceBase):
     delta: DeltaMessage
-    logprobs: None = None
-    finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(_ChoiceBase):
     text: str
-    logprobs: None = None
-    finish_reason: str | None
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(_Response):
+    """A text completion, and also each chunk of a streamed one (OpenAI uses one object for both)."""
+
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
 

@@ -1,6 +1,7 @@
 import json
 from dataclasses import dataclass, field
 
+from serving.protocol import ChatCompletion, ChatCompletionChunk, Completion
 from serving.render import DONE, Renderer
 
 
@@ -63,3 +64,19 @@ def test_unicode_is_kept_verbatim():
     r = Renderer("completion", "id", "m", 0, n=1, prompt_tokens=[1])
     r.add(0, Out([C(0, "héllo ✓", [1], "stop")]))
     assert "héllo ✓".encode() in r.response_bytes()
+
+
+def test_rendered_bytes_match_the_protocol_models():
+    """The hot path writes dicts for speed; the pydantic models of the wire format must accept them as they are."""
+    chat = Renderer("chat", "id", "m", 1, n=2, prompt_tokens=[3], include_usage=True)
+    events = (parse(chat.start()) + parse(chat.delta(0, Out([C(0, "a", [1]), C(1, "", [2], "stop")])))
+              + parse(chat.end())[:-1])
+    for ev in events:
+        ChatCompletionChunk.model_validate(ev)
+    chat.add(0, Out([C(0, "a", [1], "stop"), C(1, "b", [2], "length")]))
+    ChatCompletion.model_validate_json(chat.response_bytes())
+    text = Renderer("completion", "id", "m", 1, n=1, prompt_tokens=[2, 2])
+    for ev in parse(text.delta(1, Out([C(0, "x", [1], "stop")]))):
+        Completion.model_validate(ev)
+    text.add(0, Out([C(0, "x", [1], "stop")]))
+    Completion.model_validate_json(text.response_bytes())
