@@ -101,3 +101,29 @@ def test_scale_to_zero_holds_requests_with_heartbeats_caps_them_and_answers(clie
 
 def test_fixed_model_is_not_autoscaled():
     assert running_replicas("tiny") == 1
+
+
+def test_autoscaler_exports_its_decisions_as_prometheus_metrics():
+    """Desired/running replicas and engine queue depth per model, through Ray's metrics pipeline."""
+    import urllib.request
+
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if "tide_" in s.name and s.labels.get("model") == "model-tiny-auto":
+                    out[s.name.removeprefix("ray_")] = s.value
+        return out
+
+    found: dict = {}
+    assert wait_for(lambda: found.update(scrape()) or "tide_autoscaler_desired_replicas" in found, 60), found
+    assert found["tide_autoscaler_desired_replicas"] >= 1 and "tide_engine_waiting_requests" in found
+    # the burst test above made at least one scale-up and one scale-down decision
+    assert any(k.startswith("tide_autoscaler_decisions") for k in found)
