@@ -47,7 +47,7 @@ class PolicyConfig(BaseModel):
         0.3, gt=0, le=1, description="EWMA weight of the newest demand sample (1 = no smoothing)."
     )
     replica_start_s: NonNegativeFloat = Field(
-        30.0, description="Expected seconds for a new replica to serve (replaced by the measured value when known)."
+        30.0, description="Expected seconds for a new replica to serve: how far ahead a rising demand is projected."
     )
     max_step_up: int = Field(4, ge=1, description="Most replicas added in one decision.")
 
@@ -70,7 +70,6 @@ class ReplicaStats:
     waiting: float = 0.0
     running: float = 0.0
     kv_cache_usage: float = 0.0
-    in_flight: float = 0.0
 
 
 class Action(str, Enum):
@@ -93,10 +92,8 @@ def demand_of(stats: Sequence[ReplicaStats | None], queued_outside: float) -> tu
     """(total demand in requests, total waiting, replicas that reported). Silent replicas add nothing."""
     live = [s for s in stats if s is not None]
     waiting = sum(max(s.waiting, 0.0) for s in live)
-    # in_flight covers requests Serve handed over that the engine has not admitted yet
     engine = sum(max(s.running, 0.0) + max(s.waiting, 0.0) for s in live)
-    handed = sum(max(s.in_flight, 0.0) for s in live)
-    return max(engine, handed) + max(queued_outside, 0.0), waiting, len(live)
+    return engine + max(queued_outside, 0.0), waiting, len(live)
 
 
 def _smooth(prev: float | None, value: float, alpha: float) -> float:
@@ -124,7 +121,7 @@ def decide(
     # Trend of the smoothed demand, smoothed again (slowly): noise averages out, a real ramp persists.
     slope = 0.0 if dt is None or st.get("ewma") is None else (smoothed - st["ewma"]) / dt
     trend = _smooth(st.get("trend"), slope, cfg.smoothing / 3)
-    start_s = st.get("start_s", cfg.replica_start_s)
+    start_s = cfg.replica_start_s
     if demand > 0 or queued_outside > 0:
         st["last_busy"] = now
     st.update({"t": now, "demand": demand, "ewma": smoothed, "trend": trend})
@@ -134,7 +131,6 @@ def decide(
         if action in (Action.UP, Action.WAKE, Action.DOWN, Action.ZERO) and n != current:
             st.pop("up_since", None)
             st.pop("down_since", None)
-            st["last_change"] = now
         return Decision(n, action if n != current else Action.HOLD, reason, st)
 
     if current < cfg.min_replicas:

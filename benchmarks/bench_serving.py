@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from serving.launcher import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / ".models" / "tiny-llama"
 EAGER = os.environ.get("TIDE_BENCH_EAGER", "0") == "1"  # compiled (inductor) by default: far less CPU per step
@@ -34,12 +35,6 @@ ALL_CORES = sorted(os.sched_getaffinity(0))
 ENGINE_CORE = os.environ.get("TIDE_BENCH_BIND", str(ALL_CORES[-1]))  # VLLM_CPU_OMP_THREADS_BIND for all
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": ENGINE_CORE}
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _unpin() -> None:

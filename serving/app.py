@@ -7,11 +7,8 @@ from typing import Any
 from ray.serve import Application
 
 from .config import TideConfig
-from .engine import model_deployment
+from .engine import APP_NAME, model_deployment
 from .ingress import Ingress
-
-APP_NAME = "tide"
-
 
 def build_app(cfg: TideConfig) -> Application:
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}

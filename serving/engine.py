@@ -213,8 +213,11 @@ def model_deployment(cfg: ModelConfig):
     return serve.deployment(LLMServer).options(**options)
 
 
+APP_NAME = "tide"  # the Serve application Tide deploys
+
+
 def deployment_name(model_name: str) -> str:
     return "model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
 
 
-__all__ = ["LLMServer", "model_deployment", "deployment_name", "TideError"]
+__all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name", "TideError"]

@@ -89,10 +89,10 @@ async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
 
 def _replica_counts(names: list[str]) -> dict[str, tuple[int, int]]:
     """(running, total) replicas per model, from the Serve controller. Empty when it cannot be asked."""
-    from .engine import deployment_name
+    from .engine import APP_NAME, deployment_name
 
     try:
-        app = serve.status().applications.get("tide")
+        app = serve.status().applications.get(APP_NAME)
     except Exception:
         return {}
     out = {}

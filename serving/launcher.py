@@ -73,7 +73,7 @@ def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None 
     return True
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -87,7 +87,7 @@ def deploy(cfg: TideConfig, timeout_s: float = 900.0, say: Printer = print) -> s
 
     direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
     # With direct ingress the ingress replica owns the public port; Serve's proxy moves to a free loopback port.
-    proxy_port = _free_port(cfg.server.host) if direct else cfg.server.port
+    proxy_port = free_port(cfg.server.host) if direct else cfg.server.port
     serve.start(http_options={"host": cfg.server.host, "port": proxy_port})
     serve._run(build_app(cfg), _blocking=False, name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.server.host}:{cfg.server.port}"

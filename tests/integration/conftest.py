@@ -4,7 +4,6 @@ exactly as `tide serve` starts it (same config loader, same launcher)."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def tide_config():
     from serving.config import load_config
@@ -28,6 +21,8 @@ def tide_config():
     if not (ROOT / ".models" / "tiny-llama" / "config.json").exists():
         pytest.fail("tiny model missing: run `make model` (make test builds it)")
     cfg = load_config(Path(__file__).with_name("tide-test.yaml"))
+    from serving.launcher import free_port
+
     cfg.server.port = free_port()
     return cfg
 

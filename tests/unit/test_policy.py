@@ -152,8 +152,8 @@ def test_queue_pressure_scales_even_below_capacity_math():
     assert d2.action == Action.UP and d2.replicas == 3
 
 
-def test_in_flight_counts_requests_not_yet_in_the_engine():
-    assert demand_of([ReplicaStats(waiting=0, running=2, in_flight=9)], 1)[0] == 10
+def test_requests_not_yet_in_an_engine_count_as_demand():
+    assert demand_of([ReplicaStats(waiting=0, running=2)], 8)[0] == 10
 
 
 def test_bounds_are_enforced():
