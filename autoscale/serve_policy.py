@@ -80,6 +80,9 @@ class TidePolicy:
             live = [s for s in stats if s is not None]
             self._metrics.record(ctx.deployment_name, d.replicas, ctx.current_num_replicas,
                                  sum(s.waiting for s in live), sum(s.running for s in live), d.action.value)
+            from serving.hub import publish_decision  # the live status pages and /metrics read it there
+
+            publish_decision(ctx.deployment_name, d.replicas, ctx.current_num_replicas, d.action.value, d.reason)
         except Exception:  # metrics must never break scaling
             logger.debug("tide autoscaler metrics export failed", exc_info=True)
 

@@ -100,8 +100,30 @@ class LLMServer:
                     self.max_model_len)
 
     # ---- control ----
+    def _ensure_pusher(self) -> None:
+        if getattr(self, "_pusher", None) is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_stats())
+
+    async def _push_stats(self) -> None:
+        """Every second, leave this engine's numbers at the stats hub (status pages, /metrics)."""
+        from .hub import get_hub
+
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            replica = str(os.getpid())
+        hub = await asyncio.to_thread(get_hub)
+        while True:
+            try:
+                snap = self.stats.counters.snapshot(time.time(), self.engine.get_num_unfinished_requests())
+                hub.push_replica.remote(self.cfg.name, replica, snap)
+            except Exception:
+                logger.debug("stats push failed", exc_info=True)
+            await asyncio.sleep(1.0)
+
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
+        self._ensure_pusher()
         await self.engine.check_health()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
@@ -140,12 +162,18 @@ class LLMServer:
         return _merge(streams)
 
     async def _whole(self, req: _Request) -> bytes:
+        self._ensure_pusher()
         prompts, params, renderer = self._prepare(req)
-        async for i, out in self._generate(prompts, params, renderer.request_id):
-            renderer.add(i, out)
+        try:
+            async for i, out in self._generate(prompts, params, renderer.request_id):
+                renderer.add(i, out)
+        except asyncio.CancelledError:  # the caller went away: vLLM aborts the request on this cancellation
+            self.stats.counters.on_abort()
+            raise
         return renderer.response_bytes()
 
     async def _stream(self, req: _Request) -> AsyncIterator[str]:
+        self._ensure_pusher()
         prompts, params, renderer = self._prepare(req)  # errors here reach the ingress before any byte is sent
         yield renderer.start()
         gap_s = self.cfg.stream_batch_ms / 1000.0
@@ -157,6 +185,7 @@ class LLMServer:
                     if gap_s:  # meanwhile vLLM merges this request's next steps into one delta
                         await asyncio.sleep(gap_s)
         except (asyncio.CancelledError, GeneratorExit):
+            self.stats.counters.on_abort()
             raise
         except Exception as e:  # the stream has started: say it in-band, then end
             yield error_event(to_error(e).body())

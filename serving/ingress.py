@@ -24,10 +24,14 @@ from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
 from .errors import TideError, bad_request, error_body, model_not_found, to_error
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .hub import get_hub
 from .render import error_event
+from .status import fleet_status, metrics_text
+from .web import router as web_router
 
 logger = logging.getLogger("tide.ingress")
 app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
+app.include_router(web_router)  # the chat and status pages (plain static files)
 
 
 def error_response(err: TideError) -> JSONResponse:
@@ -124,12 +128,39 @@ class Ingress:
         self.gates = {n: HoldGate(c["max_held"]) for n, c in cold.items()}
         self.start_estimate = {n: float(c["start_s"]) for n, c in cold.items()}
         self.counts: dict[str, tuple[int, int]] = {}
+        self.rejected: dict[tuple[str, str], int] = {}  # (model, reason) -> count, for /metrics
+        self._hub: Any = None
         self._watch: asyncio.Task | None = None
 
     async def _watch_replicas(self) -> None:
+        try:
+            me = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            me = "ingress"
         while True:
             self.counts = await asyncio.to_thread(_replica_counts, list(self.models)) or self.counts
+            if self.rejected and await self._hub_handle() is not None:
+                self._hub.push_ingress.remote(me, dict(self.rejected))
             await asyncio.sleep(0.5)
+
+    async def _hub_handle(self) -> Any:
+        if self._hub is None:
+            try:
+                self._hub = await asyncio.to_thread(get_hub)
+            except Exception:
+                logger.debug("stats hub unreachable", exc_info=True)
+        return self._hub
+
+    async def _hub_data(self) -> dict[str, Any]:
+        """The stats hub's latest numbers; empty when it cannot be reached (status stays up without it)."""
+        try:
+            hub = await self._hub_handle()
+            return await asyncio.wait_for(hub.get.remote(), 2.0) if hub is not None else {}
+        except Exception:
+            return {}
+
+    def _reject(self, model: str, reason: str) -> None:
+        self.rejected[(model, reason)] = self.rejected.get((model, reason), 0) + 1
 
     def _is_cold(self, name: str) -> bool:
         """No running replica (scaled to zero, or all starting): requests are held, not failed."""
@@ -169,14 +200,21 @@ class Ingress:
         ok = all(s == "ready" for s in states)
         return JSONResponse({"status": "ok" if ok else "degraded", "models": models}, status_code=200 if ok else 503)
 
+    async def _status(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        counts, hub = await asyncio.gather(asyncio.to_thread(_replica_counts, list(self.models)), self._hub_data())
+        held = {n: g.held for n, g in self.gates.items()}
+        return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time()), hub
+
     @app.get("/tide/status")
     async def status(self) -> JSONResponse:
-        """Per model: running and total replicas, requests held for a cold start, expected start time."""
-        counts = await asyncio.to_thread(_replica_counts, list(self.models))
-        return JSONResponse({"models": {
-            n: {"running": counts.get(n, (0, 0))[0], "replicas": counts.get(n, (0, 0))[1],
-                "held": self.gates[n].held, "expected_start_s": round(self.start_estimate[n], 1)}
-            for n in self.models}})
+        """Per model: state, replicas desired/running, held requests, engine queue, tokens/s, TTFT p50."""
+        return JSONResponse((await self._status())[0])
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus text: engines under vLLM's metric names (per model and replica) plus Tide's own."""
+        status, hub = await self._status()
+        return Response(metrics_text(status, hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     async def list_models(self) -> JSONResponse:
@@ -222,6 +260,7 @@ class Ingress:
         name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
         expected = self.start_estimate[name]
         if not gate.try_hold():
+            self._reject(name, "too_many_held")
             return _retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
                                    "too_many_held_requests", retry_after_s(expected, 0))
         t0 = time.monotonic()
@@ -237,6 +276,7 @@ class Ingress:
                 waited = time.monotonic() - t0
                 if waited > cfg["timeout_s"]:
                     task.cancel()
+                    self._reject(name, "cold_start_timeout")
                     return _retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
                                            "cold_start_timeout", retry_after_s(expected, waited))
                 await asyncio.wait({task}, timeout=0.25)
@@ -259,6 +299,7 @@ class Ingress:
                 if first.done():
                     break
                 if waited > cfg["timeout_s"]:
+                    self._reject(name, "cold_start_timeout")
                     err = TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in "
                                     f"{retry_after_s(self.start_estimate[name], waited)}s.", 503,
                                     "service_unavailable_error", None, "cold_start_timeout")

@@ -139,8 +139,11 @@ def shutdown(owns_ray: bool) -> None:
     import ray
     from ray import serve
 
+    from .hub import kill_hub
+
     try:
         serve.shutdown()
+        kill_hub()
     finally:
         if owns_ray and ray.is_initialized():
             ray.shutdown()

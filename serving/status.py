@@ -1,0 +1,47 @@
+"""Assemble the fleet's live status (`/tide/status`, the status page, `tide status`) and `/metrics` from the
+Serve controller's replica counts and the stats hub's contents. Pure: plain data in, plain data out."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .metrics import model_state, model_status
+from .prometheus import render_prometheus
+
+
+def _deployment(model: str) -> str:
+    from .engine import deployment_name  # light: engine imports vLLM lazily
+
+    return deployment_name(model)
+
+
+def fleet_status(models: list[str], counts: Mapping[str, tuple[int, int]], hub: Mapping[str, Any],
+                 held: Mapping[str, int], expected_start_s: Mapping[str, float], now: float) -> dict[str, Any]:
+    """Per model: state, desired/running/total replicas, held requests, queue depth, tokens/s, TTFT p50."""
+    replicas = hub.get("replicas", {})
+    decisions = hub.get("decisions", {})
+    out: dict[str, Any] = {}
+    for name in models:
+        running, total = counts.get(name, (0, 0))
+        snaps = [s for (m, _), s in replicas.items() if m == name]
+        decision = decisions.get(_deployment(name))
+        out[name] = {
+            "state": model_state(running, total),
+            "desired": decision["desired"] if decision else total,
+            "running": running,
+            "replicas": total,
+            "held": held.get(name, 0),
+            "expected_start_s": round(expected_start_s.get(name, 0.0), 1),
+            **model_status(snaps),
+            "last_decision": None if not decision else {k: decision[k] for k in ("action", "reason", "time")},
+        }
+    return {"time": now, "models": out}
+
+
+def metrics_text(status: Mapping[str, Any], hub: Mapping[str, Any]) -> bytes:
+    """Prometheus exposition of the same data, vLLM's names for engine metrics."""
+    models = status["models"]
+    by_deployment = {_deployment(n): n for n in models}
+    replicas = [(m, r, s) for (m, r), s in sorted(hub.get("replicas", {}).items()) if m in models]
+    decisions = {by_deployment[d]: c for d, c in hub.get("decision_counts", {}).items() if d in by_deployment}
+    return render_prometheus(replicas, models, decisions, hub.get("rejected", {}))
