@@ -6,9 +6,15 @@ call returned. Serve calls it through `autoscale.serve_policy`; the simulator ca
 The model: a replica serves `replica_capacity` requests at once (its batch); requests beyond that wait in
 the engine's queue. Demand = running + waiting (+ requests queued before any replica). We scale up fast
 when the queue per replica passes `target_waiting_per_replica` (aiming the fleet at `target_utilization`
-of its capacity, on demand projected `replica_start_s` ahead when it is rising), and down slowly: only
-after demand has stayed below the down threshold for `downscale_delay_s`, one replica per step.
-Two thresholds plus the delay are the hysteresis: steady load never flaps.
+of its capacity, on demand projected one replica start ahead when it is rising: the start time measured on
+the cluster when the caller passes it, else `replica_start_s`), and down slowly: only after demand has stayed
+below the down threshold for `downscale_delay_s`, one replica per step. Two thresholds plus the delay are the
+hysteresis: steady load never flaps. KV-cache usage above `kv_cache_high` also counts as pressure: the engine
+is about to preempt even if its waiting queue still looks short.
+
+Two steps, so that a fleet of 10,000 replicas can be summarised vectorised (the simulator) and still reach
+the very same decision code: `summarize()` turns per-replica stats into one `Load`; `decide_load()` decides
+on that `Load`. `decide()` is both in one call (what Serve uses).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ class PolicyConfig(BaseModel):
     replica_capacity: PositiveFloat = Field(
         32, description="Requests one replica runs at once without queueing (about vLLM's max_num_seqs)."
     )
-    target_utilization: float = Field(0.8, gt=0, le=1, description="Share of capacity to aim the fleet at.")
+    target_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of capacity to aim the fleet at (0.9 with downscale_delay_s 30: "
+        "tuned in the fleet simulator, see benchmarks/RESULTS.md).",
+    )
     target_waiting_per_replica: NonNegativeFloat = Field(
         2.0, description="Engine-queue depth per replica that triggers a scale-up."
     )
@@ -39,7 +48,10 @@ class PolicyConfig(BaseModel):
         0.5, gt=0, lt=1, description="Scale down only when demand fits in one replica fewer at this utilization."
     )
     upscale_delay_s: NonNegativeFloat = Field(2.0, description="Pressure must last this long before adding replicas.")
-    downscale_delay_s: NonNegativeFloat = Field(60.0, description="Low demand must last this long before removing one.")
+    downscale_delay_s: NonNegativeFloat = Field(
+        30.0, description="Low demand must last this long before removing one (30: tuned in the fleet "
+        "simulator; 60 kept a flash crowd's extra replicas longer for no SLO gain).",
+    )
     scale_to_zero_idle_s: NonNegativeFloat = Field(
         300.0, description="With min_replicas 0: seconds without any request before going to zero."
     )
@@ -50,6 +62,10 @@ class PolicyConfig(BaseModel):
         30.0, description="Expected seconds for a new replica to serve: how far ahead a rising demand is projected."
     )
     max_step_up: int = Field(4, ge=1, description="Most replicas added in one decision.")
+    kv_cache_high: float = Field(
+        0.9, gt=0, le=1, description="Mean KV-cache usage (0..1) of the reporting replicas above which the engines "
+        "are about to preempt: counts as scale-up pressure (fleet sized to bring it back to this level).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "PolicyConfig":
@@ -88,12 +104,29 @@ class Decision:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def demand_of(stats: Sequence[ReplicaStats | None], queued_outside: float) -> tuple[float, float, int]:
-    """(total demand in requests, total waiting, replicas that reported). Silent replicas add nothing."""
+@dataclass(frozen=True)
+class Load:
+    """The fleet's load, summed over the replicas that reported: all the decision needs."""
+
+    demand: float = 0.0  # requests running + waiting in engines + queued before any engine
+    waiting: float = 0.0  # requests waiting in the engines' queues
+    reporting: int = 0  # replicas that reported stats
+    kv_sum: float = 0.0  # sum of the reporting replicas' KV-cache usage (0..1 each)
+
+
+def summarize(stats: Sequence[ReplicaStats | None], queued_outside: float = 0.0) -> Load:
+    """Per-replica stats -> one Load. Silent replicas (None: starting, dead) add nothing."""
     live = [s for s in stats if s is not None]
     waiting = sum(max(s.waiting, 0.0) for s in live)
     engine = sum(max(s.running, 0.0) + max(s.waiting, 0.0) for s in live)
-    return engine + max(queued_outside, 0.0), waiting, len(live)
+    kv = sum(min(max(s.kv_cache_usage, 0.0), 1.0) for s in live)
+    return Load(engine + max(queued_outside, 0.0), waiting, len(live), kv)
+
+
+def demand_of(stats: Sequence[ReplicaStats | None], queued_outside: float) -> tuple[float, float, int]:
+    """(total demand in requests, total waiting, replicas that reported). Silent replicas add nothing."""
+    load = summarize(stats, queued_outside)
+    return load.demand, load.waiting, load.reporting
 
 
 def _smooth(prev: float | None, value: float, alpha: float) -> float:
@@ -111,18 +144,33 @@ def decide(
     cfg: PolicyConfig,
     state: Mapping[str, Any] | None = None,
     queued_outside: float = 0.0,
+    start_s: float | None = None,
 ) -> Decision:
     """Desired replica count for one model. `state` is what the previous Decision returned (or None)."""
+    return decide_load(now, current, summarize(stats, queued_outside), cfg, state, start_s)
+
+
+def decide_load(
+    now: float,
+    current: int,
+    load: Load,
+    cfg: PolicyConfig,
+    state: Mapping[str, Any] | None = None,
+    start_s: float | None = None,
+) -> Decision:
+    """`decide()` on an already summarised Load. `start_s`: measured replica start time (None: the config's)."""
     st = dict(state or {})
-    demand, waiting, reporting = demand_of(stats, queued_outside)
+    demand, waiting, reporting = load.demand, load.waiting, load.reporting
     last_t = st.get("t")
     dt = max(now - last_t, 1e-6) if last_t is not None else None
     smoothed = _smooth(st.get("ewma"), demand, cfg.smoothing)
     # Trend of the smoothed demand, smoothed again (slowly): noise averages out, a real ramp persists.
+    # Its memory is at least half a replica start: the trend is multiplied by the start time, so a longer
+    # start needs a steadier trend (else Poisson noise x a 3-minute start reads as a ramp and flaps).
+    start_s = cfg.replica_start_s if start_s is None else start_s
     slope = 0.0 if dt is None or st.get("ewma") is None else (smoothed - st["ewma"]) / dt
-    trend = _smooth(st.get("trend"), slope, cfg.smoothing / 3)
-    start_s = cfg.replica_start_s
-    if demand > 0 or queued_outside > 0:
+    trend = _smooth(st.get("trend"), slope, min(cfg.smoothing / 3, (dt or 1.0) / max(start_s / 2, 1.0)))
+    if demand > 0:
         st["last_busy"] = now
     st.update({"t": now, "demand": demand, "ewma": smoothed, "trend": trend})
 
@@ -148,13 +196,17 @@ def decide(
     projected = demand + min(max(trend, 0.0) * start_s, demand)  # look ahead, at most doubling
     need = replicas_for(projected, cfg)
     queue_per_replica = waiting / max(reporting, 1)
-    pressured = queue_per_replica > cfg.target_waiting_per_replica or need > current
+    kv_mean = load.kv_sum / reporting if reporting else 0.0
+    kv_hot = kv_mean > cfg.kv_cache_high
+    if kv_hot:  # enough replicas to bring the mean KV usage back to kv_cache_high
+        need = max(need, math.ceil(load.kv_sum / cfg.kv_cache_high - 1e-9))
+    pressured = queue_per_replica > cfg.target_waiting_per_replica or need > current or kv_hot
     if pressured and need > current:
         since = st.setdefault("up_since", now)
         if now - since >= cfg.upscale_delay_s:
             target = min(need, current + cfg.max_step_up)
             return out(target, Action.UP, f"demand {demand:.0f} (projected {projected:.0f} in {start_s:.0f}s), "
-                                          f"{queue_per_replica:.1f} waiting/replica -> {target} replicas")
+                                          f"{queue_per_replica:.1f} waiting/replica, KV {kv_mean:.0%} -> {target} replicas")
         st.pop("down_since", None)
         return out(current, Action.HOLD, f"pressure for {now - since:.1f}s < upscale_delay_s")
     st.pop("up_since", None)
@@ -167,7 +219,7 @@ def decide(
             return out(0, Action.ZERO, f"idle for {idle:.0f}s")
 
     # Scale-down: smoothed demand fits in one replica fewer at downscale_utilization, for long enough.
-    fits = max(smoothed, demand) <= (current - 1) * cfg.replica_capacity * cfg.downscale_utilization
+    fits = max(smoothed, demand) <= (current - 1) * cfg.replica_capacity * cfg.downscale_utilization and not kv_hot
     if current > max(cfg.min_replicas, 1) and fits:
         since = st.setdefault("down_since", now)
         if now - since >= cfg.downscale_delay_s:

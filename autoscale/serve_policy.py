@@ -12,7 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .policy import Action, PolicyConfig, ReplicaStats, decide
+from .policy import Action, Decision, Load, PolicyConfig, ReplicaStats, decide_load, summarize
+from .startup import measured_start_s, track_start
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
@@ -21,6 +22,7 @@ logger = logging.getLogger("ray.serve")
 
 WAITING, RUNNING, KV = "tide_waiting", "tide_running", "tide_kv_cache_usage"
 STATE_KEY = "tide"
+START_KEY = "tide_start"  # the replica start-time tracker (autoscale.startup), beside the policy's own state
 
 
 def stats_from_metrics(metrics: dict[str, dict[Any, float]] | None, replicas: list[Any]) -> list[ReplicaStats | None]:
@@ -35,6 +37,18 @@ def stats_from_metrics(metrics: dict[str, dict[Any, float]] | None, replicas: li
                                 running=metrics.get(RUNNING, {}).get(r, 0.0),
                                 kv_cache_usage=metrics.get(KV, {}).get(r, 0.0)))
     return out
+
+
+def step(cfg: PolicyConfig, policy_state: dict[str, Any] | None, now: float, target: int, running: int,
+         load: Load) -> tuple[Decision, dict[str, Any]]:
+    """One control-loop tick, pure: measure replica starts, decide against the current target.
+
+    Serve's hook and the fleet simulator both call this, so they run the same policy path."""
+    prev = policy_state or {}
+    starts = track_start(prev.get(START_KEY), now, target, running)
+    d = decide_load(now, target, load, cfg, prev.get(STATE_KEY), start_s=measured_start_s(starts))
+    starts = track_start(starts, now, d.replicas, running)  # a start is timed from its decision
+    return d, {STATE_KEY: d.state, START_KEY: starts}
 
 
 class _Metrics:
@@ -91,13 +105,12 @@ class TidePolicy:
         reported = sum(s.running + s.waiting for s in stats if s is not None)
         # Requests Serve counts that no engine reports yet: queued at handles or in transit to a replica.
         outside = max(float(ctx.total_num_requests or 0) - reported, 0.0)
-        prev = (ctx.policy_state or {}).get(STATE_KEY)
         now = ctx.current_time if ctx.current_time is not None else time.time()
         # Decide against the current *target*: replicas still starting count, or a hold would undo a scale-up.
         target = ctx.target_num_replicas
-        d = decide(now, target, stats, self.cfg, prev, queued_outside=outside)
+        d, state = step(self.cfg, ctx.policy_state, now, target, ctx.current_num_replicas, summarize(stats, outside))
         if d.action != Action.HOLD:
             logger.info("tide autoscaler %s/%s: %s %d -> %d (%s; %d running)", ctx.app_name, ctx.deployment_name,
                         d.action.value, target, d.replicas, d.reason, ctx.current_num_replicas)
         self._export(ctx, d, stats)
-        return d.replicas, {STATE_KEY: d.state}
+        return d.replicas, state

@@ -1,4 +1,5 @@
-"""`tide` command line: serve a config, build the tiny default model."""
+"""`tide` command line: serve a config, build the tiny default model, and the cluster commands
+(`up`, `down`, `deploy`, `status`, `build`, `validate`: cluster/cli.py)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same model)")
     t.add_argument("--force", action="store_true", help="rebuild even when already built")
     t.set_defaults(fn=_cmd_make_tiny_model)
+
+    # More subcommands register here, one `add_parsers(sub)` line per package.
+    from cluster.cli import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(sub)
+    from autoscale.sim.cli import add_parser as add_simulate_parser
+
+    add_simulate_parser(sub)
 
     args = p.parse_args(argv)
     try:

@@ -40,6 +40,14 @@ class ReplicaConfig(_Strict):
     )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take before failing.")
+    engine_stuck_s: float = Field(
+        60.0, gt=0, description="An engine holding requests that makes no step for this long fails its health "
+        "check, and Serve replaces the replica.",
+    )
+    engine_start_timeout_s: float = Field(
+        900.0, gt=0, description="Longest an engine may take to load and start (vLLM's VLLM_ENGINE_READY_TIMEOUT_S); "
+        "past it the replica fails and Serve starts another.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "ReplicaConfig":
@@ -127,6 +135,10 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible endpoint.")
     request_timeout_s: float = Field(600.0, gt=0, description="Longest a request may take end to end.")
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between SSE comment heartbeats on held streams.")
+    replica_retries: int = Field(
+        2, ge=0, le=5, description="Times a request is retried on another replica when its replica dies before any "
+        "of the answer reached the client.",
+    )
     max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
     ingress_replicas: PositiveInt = Field(
         1, description="Copies of the HTTP ingress deployment (with direct_ingress: at most one per node)."

@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from .config import ModelConfig
-from .errors import TideError, bad_request, to_error, unavailable
+from .errors import TideError, bad_request, engine_dead, to_error
+from .faults import engine_stuck
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
 from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
@@ -82,6 +83,7 @@ class LLMServer:
     def __init__(self, model_config: dict[str, Any]):
         self.cfg = ModelConfig.model_validate(model_config)
         os.environ.update(self.cfg.env)
+        os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(self.cfg.replicas.engine_start_timeout_s)))
         _pin_cpu_threads(self.cfg)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -125,10 +127,21 @@ class LLMServer:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
         self._ensure_pusher()
         await self.engine.check_health()
+        now, unfinished = time.time(), self.engine.get_num_unfinished_requests()
+        if unfinished == 0:
+            self._idle_at = now
+        progress = max(self.stats.counters.last_step, getattr(self, "_idle_at", now))
+        if engine_stuck(now, progress, unfinished, self.cfg.replicas.engine_stuck_s):
+            raise engine_dead()  # Serve marks the replica unhealthy and replaces it
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve pushes these to the autoscaler: the engine's queue, not just requests in flight."""
         return self.stats.snapshot(self.engine.get_num_unfinished_requests())
+
+    async def load(self) -> dict[str, int]:
+        """This engine's requests right now, straight from vLLM (tests and the soak benchmark time aborts by it)."""
+        c = self.stats.counters
+        return {"unfinished": self.engine.get_num_unfinished_requests(), "waiting": c.waiting, "running": c.running}
 
     async def info(self) -> dict[str, Any]:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
@@ -154,7 +167,7 @@ class LLMServer:
 
     def _generate(self, prompts: list[list[int]], params: Any, request_id: str) -> AsyncIterator[tuple[int, Any]]:
         if self.engine.errored:
-            raise unavailable("The model's engine died; a new replica is starting. Retry shortly.")
+            raise engine_dead()
         streams = [
             self.engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-{i}")
             for i, ids in enumerate(prompts)

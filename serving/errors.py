@@ -52,6 +52,11 @@ def unavailable(message: str) -> TideError:
     return TideError(message, 503, "service_unavailable_error", None, "service_unavailable")
 
 
+def engine_dead() -> TideError:
+    return TideError("The model's engine died; a new replica is starting. Retry shortly.", 503,
+                     "service_unavailable_error", None, "engine_dead")
+
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -97,7 +102,7 @@ def to_error(exc: BaseException) -> TideError:
     if name in ("VLLMValidationError", "VLLMClientError"):
         return bad_request(str(exc), getattr(exc, "parameter", None))
     if name == "EngineDeadError":
-        return unavailable("The model's engine died; a new replica is starting. Retry shortly.")
+        return engine_dead()
     if name in ("DeploymentUnavailableError", "BackPressureError", "ActorDiedError", "ActorUnavailableError"):
         return unavailable("The model is temporarily unavailable. Retry shortly.")
     if name in ("TimeoutError", "RequestTimeoutError"):

@@ -8,7 +8,6 @@ re-encodes what the model replica rendered. Errors leave through `errors.to_erro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -20,22 +19,23 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .calls import awaited, call_whole, forward, open_stream
 from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
-from .errors import TideError, bad_request, error_body, model_not_found, to_error
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .errors import TideError, error_body, model_not_found, to_error
+from .faults import TIMEOUT_HEADER, request_deadline_s
+from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retry_response
 from .hub import get_hub
+from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .render import error_event
 from .status import fleet_status, metrics_text
 from .web import router as web_router
+from .openapi_schema import install as install_openapi, request_body
 
 logger = logging.getLogger("tide.ingress")
 app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
 app.include_router(web_router)  # the chat and status pages (plain static files)
-
-
-def error_response(err: TideError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+install_openapi(app, ChatCompletionRequest, CompletionRequest)  # request-body schemas in /openapi.json
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -47,69 +47,6 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 @app.exception_handler(Exception)
 async def _any_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(to_error(exc))
-
-
-_DRAIN_LIMIT = 64 * 1024 * 1024
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    too_large = TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
-                          "request_too_large")
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        if int(size) <= _DRAIN_LIMIT:  # read and drop it, so the client gets the 413 rather than a reset
-            async for _ in request.stream():
-                pass
-        raise too_large
-    body = await request.body()
-    if len(body) > limit:
-        raise too_large
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"We could not parse the JSON body of your request: {e}", None, "invalid_json") from None
-    if not isinstance(data, dict):
-        raise bad_request("The request body must be a JSON object.", None, "invalid_json")
-    return data
-
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-async def _result(response: Any) -> Any:
-    return await response
-
-
-async def _forward(first: str, gen: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Pass rendered chunks through; a failure mid-stream becomes an SSE error event, never a hang."""
-    if first:
-        yield first
-    try:
-        async for chunk in gen:
-            yield chunk
-    except Exception as e:  # replica died or similar after the stream started
-        yield error_event(to_error(e).body())
-
-
-def _replica_counts(names: list[str]) -> dict[str, tuple[int, int]]:
-    """(running, total) replicas per model, from the Serve controller. Empty when it cannot be asked."""
-    from .engine import APP_NAME, deployment_name
-
-    try:
-        app = serve.status().applications.get(APP_NAME)
-    except Exception:
-        return {}
-    out = {}
-    for n in names:
-        dep = app.deployments.get(deployment_name(n)) if app is not None else None
-        if dep is not None:
-            out[n] = (dep.replica_states.get("RUNNING", 0), sum(dep.replica_states.values()))
-    return out
-
-
-def _retry_response(status: int, message: str, code: str, retry_after: int) -> JSONResponse:
-    err = TideError(message, status, "rate_limit_error" if status == 429 else "service_unavailable_error", None, code)
-    return JSONResponse(err.body(), status_code=status, headers={"Retry-After": str(retry_after)})
 
 
 # Note: serve.ingress captures the class when decorated, so every helper it uses must be defined above.
@@ -138,7 +75,7 @@ class Ingress:
         except Exception:
             me = "ingress"
         while True:
-            self.counts = await asyncio.to_thread(_replica_counts, list(self.models)) or self.counts
+            self.counts = await asyncio.to_thread(replica_counts, list(self.models)) or self.counts
             if self.rejected and await self._hub_handle() is not None:
                 self._hub.push_ingress.remote(me, dict(self.rejected))
             await asyncio.sleep(0.5)
@@ -192,7 +129,7 @@ class Ingress:
     async def health(self) -> JSONResponse:
         """200 when every model's engine answers a health check (a model scaled to zero counts as healthy and
         is not woken), else 503 with each model's state."""
-        counts = await asyncio.to_thread(_replica_counts, list(self.models))
+        counts = await asyncio.to_thread(replica_counts, list(self.models))
         cold = {n for n, (_, total) in counts.items() if total == 0}
         names = [n for n in self.models if n not in cold]
         states = await asyncio.gather(*(self._probe(n, 5.0) for n in names))
@@ -201,7 +138,7 @@ class Ingress:
         return JSONResponse({"status": "ok" if ok else "degraded", "models": models}, status_code=200 if ok else 503)
 
     async def _status(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        counts, hub = await asyncio.gather(asyncio.to_thread(_replica_counts, list(self.models)), self._hub_data())
+        counts, hub = await asyncio.gather(asyncio.to_thread(replica_counts, list(self.models)), self._hub_data())
         held = {n: g.held for n, g in self.gates.items()}
         return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time()), hub
 
@@ -220,76 +157,92 @@ class Ingress:
     async def list_models(self) -> JSONResponse:
         missing = [n for n in self.models if n not in self.cards]
         if missing:  # learn max_model_len from warm models; never wake a cold one just to list it
-            counts = await asyncio.to_thread(_replica_counts, missing)
+            counts = await asyncio.to_thread(replica_counts, missing)
             warm = [n for n in missing if counts.get(n, (1, 1))[0] > 0]
             await asyncio.gather(*(self._probe(n, 1.0) for n in warm))
         cards = [ModelCard(id=n, root=self.cards.get(n, {}).get("model"),
                            max_model_len=self.cards.get(n, {}).get("max_model_len")) for n in self.models]
         return JSONResponse(ModelList(data=cards).model_dump())
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat(self, request: Request) -> Response:
         return await self._serve(request, ChatCompletionRequest, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, CompletionRequest, "completion")
 
+    def _start(self, model: str, kind: str, stream: bool, req: Any) -> Any:
+        """A call to the model's deployment (Serve picks the replica; a retry may land on another)."""
+        h = (self.streams if stream else self.models)[model]
+        if stream:
+            return (h.chat_stream if kind == "chat" else h.completion_stream).remote(req)
+        return (h.chat if kind == "chat" else h.completion).remote(req)
+
+    def _retried(self, model: str) -> Any:
+        def note(e: BaseException) -> None:
+            self._reject(model, "retried_after_replica_death")
+            logger.warning("replica of %s died before answering; retrying on another (%s)", model, type(e).__name__)
+        return note
+
     async def _serve(self, request: Request, schema: type, kind: str) -> Response:
         try:
-            data = await _read_json(request, self.server.max_body_bytes)
+            deadline_s = request_deadline_s(request.headers.get(TIMEOUT_HEADER), self.server.request_timeout_s)
+            data = await read_json(request, self.server.max_body_bytes)
             try:
                 req = schema.model_validate(data)
             except ValidationError as e:
                 raise to_error(e) from None
             handle = self._handle(req.model, stream=req.stream)  # unknown model -> 404
             if self._is_cold(req.model):
-                return await self._serve_cold(req, kind, handle)
+                return await self._serve_cold(req, kind, handle, deadline_s)
+            retries, note = self.server.replica_retries, self._retried(req.model)
             if not req.stream:
-                call = handle.chat if kind == "chat" else handle.completion
-                body = await asyncio.wait_for(call.remote(req), self.server.request_timeout_s)
+                body = await call_whole(lambda: self._start(req.model, kind, False, req), request, deadline_s,
+                                        retries, note)
                 return Response(body, media_type="application/json")
-            gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
-            first = await gen.__anext__()  # validation errors surface here, before any header is sent
+            # validation errors surface with the first chunk, before any header is sent
+            gen, first = await open_stream(lambda: self._start(req.model, kind, True, req), deadline_s, retries, note)
         except Exception as e:
             return error_response(to_error(e))
-        return StreamingResponse(_forward(first, gen), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(forward(first, gen, deadline_s), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
 
-    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle) -> Response:
+    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float) -> Response:
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
         name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
         expected = self.start_estimate[name]
         if not gate.try_hold():
             self._reject(name, "too_many_held")
-            return _retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
+            return retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
                                    "too_many_held_requests", retry_after_s(expected, 0))
         t0 = time.monotonic()
         if req.stream:
             gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
             first = asyncio.ensure_future(gen.__anext__())
-            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate), media_type="text/event-stream",
-                                     headers=_SSE_HEADERS)
+            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
         call = (handle.chat if kind == "chat" else handle.completion).remote(req)
-        task = asyncio.ensure_future(_result(call))
+        task = asyncio.ensure_future(awaited(call))
         try:
             while not task.done() and self.counts.get(name, (0, 0))[0] == 0:
                 waited = time.monotonic() - t0
                 if waited > cfg["timeout_s"]:
                     task.cancel()
                     self._reject(name, "cold_start_timeout")
-                    return _retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
+                    return retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
                                            "cold_start_timeout", retry_after_s(expected, waited))
                 await asyncio.wait({task}, timeout=0.25)
             self._observed_start(name, t0)
         finally:
             gate.release()
         try:
-            body = await asyncio.wait_for(task, self.server.request_timeout_s)
+            body = await asyncio.wait_for(task, max(deadline_s - (time.monotonic() - t0), 0.001))
         except Exception as e:
             return error_response(to_error(e))
         return Response(body, media_type="application/json")
 
-    async def _held_stream(self, name, first, gen, t0, cfg, gate) -> AsyncIterator[str]:
+    async def _held_stream(self, name, first, gen, t0, cfg, gate, deadline_s) -> AsyncIterator[str]:
         """SSE comment heartbeats while the model starts, then the stream itself (or an in-band 503)."""
         released = False
         try:
@@ -314,7 +267,7 @@ class Ingress:
             except Exception as e:
                 yield error_event(to_error(e).body())
                 return
-            async for c in _forward(chunk, gen):
+            async for c in forward(chunk, gen, max(deadline_s - (time.monotonic() - t0), 0.001)):
                 yield c
         finally:
             if not released:

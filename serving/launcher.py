@@ -35,6 +35,9 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
         # Fresh queue depth for the autoscaler (Serve's default pushes every 10 s).
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
         "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        # A replica that failed its health check (dead or stuck engine) is stopped at once: draining it would
+        # wait graceful_shutdown_timeout_s for requests that will never finish. The ingress retries them.
+        "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1",
     }
     if cfg.server.direct_ingress:
         env.update({

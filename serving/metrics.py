@@ -55,6 +55,7 @@ class EngineCounters:
         self.waiting = 0
         self.running = 0
         self.kv_cache_usage = 0.0
+        self.last_step = 0.0  # wall time of the engine's latest step (the stuck-engine check reads it)
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.preemptions = 0
@@ -74,6 +75,7 @@ class EngineCounters:
                      ttfts: Iterable[float], itls: Iterable[float],
                      finished: Iterable[tuple[str, float, float]]) -> None:
         """One engine step. `finished` holds (finish_reason, e2e_latency_s, queued_s) per finished request."""
+        self.last_step = now
         self.prompt_tokens += prompt_tokens
         self.generation_tokens += generation_tokens
         self.preemptions += preempted

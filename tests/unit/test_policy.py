@@ -5,7 +5,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from autoscale.policy import Action, PolicyConfig, ReplicaStats, decide, demand_of, replicas_for
+from autoscale.policy import (Action, PolicyConfig, ReplicaStats, decide, decide_load, demand_of, replicas_for,
+                              summarize)
 
 CFG = PolicyConfig(min_replicas=1, max_replicas=8, replica_capacity=10, target_utilization=0.8,
                    target_waiting_per_replica=2, downscale_utilization=0.5, upscale_delay_s=2,
@@ -183,3 +184,105 @@ def test_decisions_carry_reasons():
 def test_config_checks(kw, msg):
     with pytest.raises(ValidationError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         PolicyConfig(**kw)
+
+
+# --- KV-cache pressure -------------------------------------------------------------------------------------
+
+KV_CFG = CFG.model_copy(update={"upscale_delay_s": 0, "kv_cache_high": 0.9})
+
+
+def test_high_kv_usage_scales_up_even_with_a_short_queue():
+    # 4 running, nothing waiting: request math says one replica is plenty, but the KV cache is 95% full
+    stats = [ReplicaStats(waiting=0, running=4, kv_cache_usage=0.95)]
+    d = decide(0, 1, stats, KV_CFG, None)
+    assert d.action == Action.UP and d.replicas == 2 and "KV 95%" in d.reason
+
+
+def test_kv_pressure_sizes_the_fleet_to_bring_usage_back_to_the_threshold():
+    stats = [ReplicaStats(running=4, kv_cache_usage=0.99)] * 5  # 4.95 replicas' worth at 0.9 -> 6
+    assert decide(0, 5, stats, KV_CFG, None).replicas == 6
+
+
+def test_kv_below_the_threshold_changes_nothing():
+    stats = [ReplicaStats(running=4, kv_cache_usage=0.9)]
+    d = decide(0, 1, stats, KV_CFG, None)
+    assert d.action == Action.HOLD and d.replicas == 1
+
+
+def test_kv_pressure_waits_for_upscale_delay():
+    sim = Sim(CFG)  # upscale_delay_s 2
+    hot = [ReplicaStats(running=4, kv_cache_usage=0.97)]
+    assert sim.tick(0, stats=hot).action == Action.HOLD
+    sim.tick(0, stats=hot)
+    assert sim.tick(0, stats=hot).replicas == 2
+
+
+def test_kv_pressure_blocks_scale_down():
+    cfg = KV_CFG.model_copy(update={"downscale_delay_s": 0})
+    # 3 replicas, tiny request demand (fits in 2), but KV is hot on the reporting ones (one still silent)
+    stats = [ReplicaStats(running=1, kv_cache_usage=0.95), ReplicaStats(running=1, kv_cache_usage=0.95), None]
+    d = decide(0, 3, stats, cfg, None)
+    assert d.replicas == 3
+    cool = [ReplicaStats(running=1, kv_cache_usage=0.2)] * 3
+    assert decide(0, 3, cool, cfg, None).replicas == 2
+
+
+def test_kv_mean_is_over_reporting_replicas_and_clamped():
+    load = summarize([ReplicaStats(kv_cache_usage=1.7), None, ReplicaStats(kv_cache_usage=-1)], 0)
+    assert load.reporting == 2 and load.kv_sum == 1.0
+
+
+def test_kv_cache_high_is_checked():
+    with pytest.raises(ValidationError, match="kv_cache_high"):
+        PolicyConfig(kv_cache_high=1.5)
+
+
+# --- the two steps: summarize + decide_load; measured start time -------------------------------------------
+
+def test_decide_is_summarize_then_decide_load():
+    rng = random.Random(1)
+    state_a = state_b = None
+    for i in range(200):
+        stats = [ReplicaStats(waiting=rng.uniform(0, 12), running=rng.uniform(0, 10), kv_cache_usage=rng.random())
+                 for _ in range(3)]
+        a = decide(float(i), 3, stats, CFG, state_a, queued_outside=2)
+        b = decide_load(float(i), 3, summarize(stats, 2), CFG, state_b)
+        assert (a.replicas, a.action, a.reason) == (b.replicas, b.action, b.reason)
+        state_a, state_b = a.state, b.state
+
+
+def test_measured_start_time_replaces_the_configured_look_ahead():
+    def first_up(start_s):
+        cfg = CFG.model_copy(update={"upscale_delay_s": 0, "replica_start_s": 10})
+        state, n = None, 1
+        for i in range(80):  # demand ramps 0.2 request/s
+            per = [ReplicaStats(running=min(i * 0.2 / n, 10))] * n
+            d = decide(float(i), n, per, cfg, state, start_s=start_s)
+            state, n = d.state, d.replicas
+            if d.action == Action.UP:
+                return i
+        return None
+
+    slow, configured, fast = first_up(60.0), first_up(None), first_up(0.0)
+    assert (slow, configured, fast) == (21, 31, 41)  # a longer measured start scales earlier
+    assert "in 60s" in decide(1, 1, [ReplicaStats(running=30)], CFG.model_copy(update={"upscale_delay_s": 0}),
+                              {"t": 0, "ewma": 10, "trend": 5}, start_s=60.0).reason
+
+
+def test_poisson_noise_times_a_long_start_is_not_a_ramp():
+    """Regression (found by the simulator): the look-ahead multiplies the trend by the start time, so with a
+    3-minute start the trend of pure Poisson noise projected the fleet double and it flapped every minute."""
+    cfg = CFG.model_copy(update={"replica_capacity": 256, "max_replicas": 50, "replica_start_s": 200})
+    rng = random.Random(5)
+    sim = Sim(cfg, replicas=6)
+    for _ in range(1800):
+        sim.tick(max(0.0, rng.gauss(1000, 1000 ** 0.5)))  # 1000 in flight: 5 replicas at 80%, 6 hold
+    assert len(sim.changes()) <= 1
+
+
+def test_a_real_ramp_is_still_projected_with_a_long_start():
+    cfg = CFG.model_copy(update={"replica_capacity": 256, "max_replicas": 50, "replica_start_s": 200,
+                                 "upscale_delay_s": 0})
+    sim = Sim(cfg, replicas=4)
+    first_up = next(i for i in range(600) if sim.tick(500 + 2.0 * i).action == Action.UP)
+    assert 500 + 2.0 * first_up < 4 * 256 * 0.8  # scaled before demand outgrew the 4 replicas

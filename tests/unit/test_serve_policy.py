@@ -47,3 +47,17 @@ def test_replicas_still_starting_are_not_undone():
         targets.append(target)
     assert targets[0] == 1 and targets[-1] == 2
     assert targets == sorted(targets)  # never back down while the new replica starts
+
+
+def test_policy_measures_replica_start_and_keeps_it_in_state():
+    from autoscale.serve_policy import START_KEY
+
+    p = TidePolicy(min_replicas=1, max_replicas=2, replica_capacity=4, upscale_delay_s=0)
+    busy = {WAITING: {"r0": 12.0}, RUNNING: {"r0": 4.0}}
+    n, state = p(ctx(1, busy, total=16, now=100))
+    assert n == 2
+    _, state = p(ctx(1, busy, total=16, state=state, now=101, target=2))  # second replica starting
+    both = {WAITING: {"r0": 6.0, "r1": 6.0}, RUNNING: {"r0": 4.0, "r1": 4.0}}
+    _, state = p(ctx(2, both, total=20, state=state, now=145, target=2))
+    assert state[START_KEY]["ewma"] == 45 and state[START_KEY]["samples"] == 1
+    assert STATE_KEY in state

@@ -1,0 +1,1 @@
+"""Fleet simulator: plans autoscaling past this machine with the production policy and router code."""

@@ -1,0 +1,51 @@
+"""Pure rules for failures: request deadlines, which errors are safe to retry, and when an engine is stuck.
+
+The ingress retries a request on another replica only while nothing of it has reached the client (a
+non-streamed request, or a stream before its first chunk): regenerating then is invisible to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import TideError, bad_request
+
+TIMEOUT_HEADER = "x-request-timeout"
+
+# Errors that mean "the replica (or its actor) went away", not "your request is bad".
+_REPLICA_GONE = {"ActorDiedError", "ActorUnavailableError", "RayActorError", "EngineDeadError",
+                 "DeploymentUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError"}
+
+
+def request_deadline_s(header: str | None, server_max_s: float) -> float:
+    """Seconds this request may take: the `X-Request-Timeout` header when given (never above the server's
+    limit), else the server's `request_timeout_s`."""
+    if header is None or header.strip() == "":
+        return server_max_s
+    try:
+        value = float(header)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise bad_request(f"Header X-Request-Timeout must be a positive number of seconds, got {header[:40]!r}.",
+                          "X-Request-Timeout", "invalid_timeout")
+    return min(value, server_max_s)
+
+
+def replica_gone(exc: BaseException) -> bool:
+    """True when the error says the replica or its engine died (retry elsewhere), False otherwise."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in _REPLICA_GONE:
+            return True
+        if isinstance(exc, TideError):
+            return exc.code == "engine_dead"
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return False
+
+
+def engine_stuck(now: float, last_progress: float, unfinished: int, stuck_after_s: float) -> bool:
+    """An engine with work that has not made a step for `stuck_after_s` is stuck (hung kernel, stopped or
+    wedged engine process): its health check fails and Serve replaces the replica."""
+    return unfinished > 0 and now - last_progress > stuck_after_s

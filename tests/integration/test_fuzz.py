@@ -1,0 +1,191 @@
+"""Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis), on the running ingress.
+
+Every operation in the ingress's `/openapi.json` gets schema-valid (positive) and schema-violating (negative)
+cases, at most MAX_EXAMPLES of each, sent over loopback to the real Ray + Serve + vLLM cluster. Properties:
+no response has status >= 500; every 4xx body is exactly an OpenAI error object; a 2xx stream's error events
+are OpenAI error objects too. Problems are collected and reported together (no shrinking: a real server makes
+shrinking slow), each with a curl command that reproduces it.
+
+Adjustments to the generated data, stated here so that nothing is excluded silently:
+- `model`: the schema says "any string", so random names would all be unknown models (404) and never reach the
+  engine. The loaded schema narrows it to `enum: [the served default model]`: positive cases reach the engine,
+  and negative cases still send other names (and other types) there, which must give 404/400.
+- Engine load on 2 cores: `max_tokens` / `max_completion_tokens` between 9 and 4096 are clipped to 8, and
+  when both are absent `max_tokens: 8` is added (the default would be the whole remaining context); `n` between
+  3 and 16 becomes 2. Values outside those ranges (0, negative, huge, wrong types) are sent as generated.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import schemathesis  # the `test` extra pins it (schemathesis==4.32.5); it brings hypothesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.core import NotSet
+
+MAX_EXAMPLES = 40  # per operation and generation mode
+TIME_BUDGET_S = 80.0  # the whole file stops generating new cases after this
+BODY_ROUTES = ("/v1/chat/completions", "/v1/completions")
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+def _raw_schema(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def raw_schema(tide_url) -> dict[str, Any]:
+    return _raw_schema(tide_url)
+
+
+@pytest.fixture(scope="module")
+def api_schema(raw_schema, tide_url, model_name):
+    raw = copy.deepcopy(raw_schema)
+    schemas = raw.get("components", {}).get("schemas", {})
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["model"] = {"type": "string", "enum": [model_name]}
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.config.update(base_url=tide_url)
+    return schema
+
+
+def test_openapi_declares_the_request_bodies(raw_schema):
+    """Without these the fuzzer could only send empty bodies to the routes that matter most."""
+    for path, field in zip(BODY_ROUTES, ("messages", "prompt")):
+        op = raw_schema["paths"][path]["post"]
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        assert "$ref" in body, f"POST {path} declares no JSON request body in /openapi.json"
+        name = body["$ref"].rsplit("/", 1)[-1]
+        assert field in raw_schema["components"]["schemas"][name]["properties"], (path, name)
+        assert field in raw_schema["components"]["schemas"][name]["required"], (path, name)
+
+
+def _limit_load(body: Any) -> Any:
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    for key in ("max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if type(v) is int and 8 < v <= 4096:
+            body[key] = 8
+    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = 8
+    if type(body.get("n")) is int and 2 < body["n"] <= 16:
+        body["n"] = 2
+    return body
+
+
+def _is_openai_error(obj: Any) -> bool:
+    if not isinstance(obj, dict) or set(obj) != {"error"} or not isinstance(obj["error"], dict):
+        return False
+    e = obj["error"]
+    return (set(e) == ERROR_KEYS and isinstance(e["message"], str) and bool(e["message"])
+            and isinstance(e["type"], str) and (e["param"] is None or isinstance(e["param"], str))
+            and (e["code"] is None or isinstance(e["code"], (str, int))))
+
+
+def problem_with(status: int, content_type: str, text: str) -> str | None:
+    """What is wrong with one response, or None."""
+    if status >= 500:
+        return f"status {status}"
+    if 400 <= status < 500:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return f"status {status} with a non-JSON body"
+        return None if _is_openai_error(body) else f"status {status} with a body that is not an OpenAI error"
+    if content_type.startswith("text/event-stream"):
+        for line in text.splitlines():
+            if line.startswith("data:") and line != "data: [DONE]":
+                event = json.loads(line[5:])
+                if "error" in event and not _is_openai_error(event):
+                    return "a stream error event that is not an OpenAI error"
+    return None
+
+
+def test_problem_with_catches_what_it_should():
+    ok = json.dumps({"error": {"message": "m", "type": "t", "param": None, "code": None}})
+    assert problem_with(400, "application/json", ok) is None
+    assert problem_with(500, "application/json", ok) == "status 500"
+    assert problem_with(422, "application/json", '{"detail": "x"}').endswith("not an OpenAI error")
+    assert problem_with(404, "text/plain", "Not Found").endswith("non-JSON body")
+    bad_event = 'data: {"error": {"message": "x"}}\n\ndata: [DONE]\n'
+    assert problem_with(200, "text/event-stream", bad_event) is not None
+    assert problem_with(200, "text/event-stream", f"data: {ok}\n\ndata: [DONE]\n") is None
+
+
+# Every operation Tide promises, with the modes that apply: operations without inputs have no invalid input.
+GET_ROUTES = ["GET /health", "GET /v1/models", "GET /tide/status", "GET /metrics"]
+CASES = [(op, GenerationMode.POSITIVE) for op in GET_ROUTES] + [
+    (f"POST {p}", mode) for p in BODY_ROUTES for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+
+
+def test_schema_has_no_operation_the_fuzzer_skips(raw_schema):
+    served = {f"{m.upper()} {p}" for p, ops in raw_schema["paths"].items() for m in ops}
+    fuzzed = {op for op, _ in CASES}
+    pages = {"GET /", "GET /status"} | {o for o in served if o.startswith("GET /static")}  # HTML, not API
+    assert served - fuzzed <= pages, f"operations the fuzzer does not cover yet: {sorted(served - fuzzed - pages)}"
+
+
+@pytest.fixture(scope="module")
+def deadline(tide_url) -> float:
+    """The whole file's time budget starts when the cluster is up, not at collection."""
+    return time.monotonic() + TIME_BUDGET_S
+
+
+@pytest.mark.parametrize("operation, mode", CASES, ids=[f"{op} {m.value}" for op, m in CASES])
+def test_fuzz(raw_schema, api_schema, deadline, operation, mode):
+    method, path = operation.split(" ", 1)
+    if method.lower() not in raw_schema["paths"].get(path, {}):
+        pytest.fail(f"{operation} is not in /openapi.json")
+    op = api_schema[path][method]
+    problems: list[str] = []
+    counts = {"sent": 0, "cut": 0}
+    statuses: collections.Counter[int] = collections.Counter()
+    reasons: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy(generation_mode=mode))
+    def run(case):
+        if time.monotonic() > deadline:
+            counts["cut"] += 1
+            return
+        if not isinstance(case.body, NotSet):
+            case.body = _limit_load(case.body)
+        response = case.call(timeout=60)
+        counts["sent"] += 1
+        statuses[response.status_code] += 1
+        if 400 <= response.status_code < 500:
+            try:
+                err = response.json()["error"]
+                reasons[f"{response.status_code} {err.get('param') or err.get('code') or err['type']}"] += 1
+            except (ValueError, KeyError, TypeError):
+                pass  # problem_with reports it
+        ctype = response.headers.get("content-type") or [""]  # schemathesis keeps every value of a header
+        problem = problem_with(response.status_code, ctype[0] if isinstance(ctype, list) else ctype, response.text)
+        if problem:
+            problems.append(f"{problem}: {case.as_curl_command()}\n    -> {response.text[:300]}")
+
+    run()
+    print(f"{operation} {mode.value}: {counts['sent']} sent, statuses {dict(sorted(statuses.items()))}, "
+          f"4xx by param/code {dict(reasons.most_common(6))}")
+    assert not problems, (f"{len(problems)} of {counts['sent']} responses broke the API's promises:\n"
+                          + "\n".join(problems))
+    if counts["cut"]:
+        pytest.skip(f"time budget ({TIME_BUDGET_S:.0f}s) spent: {counts['cut']} generated cases not sent "
+                    f"({counts['sent']} sent, all fine)")
+    assert counts["sent"] > 0
+    if method == "POST" and mode == GenerationMode.POSITIVE:
+        # schema-valid bodies must reach the engine; some are still refused by rules the schema cannot state
+        # (an empty prompt, token ids outside the vocabulary, lone surrogates that no tokenizer takes)
+        assert statuses[200] >= 1, f"no schema-valid case was answered: {dict(statuses)} {dict(reasons)}"
