@@ -17,6 +17,7 @@ from fastapi import Request
 
 from .errors import TideError, to_error
 from .faults import replica_gone
+from .guard import USAGE_MARK, read_usage_comment
 from .render import error_event
 
 logger = logging.getLogger("tide.ingress")
@@ -86,11 +87,13 @@ async def open_stream(start: Callable[[], Any], deadline_s: float, retries: int,
 
 
 async def forward(first: str, gen: Any, deadline_s: float,
-                  on_done: Callable[[], None] | None = None) -> AsyncIterator[str]:
+                  on_done: Callable[[int | None], None] | None = None) -> AsyncIterator[str]:
     """Pass rendered chunks through until the deadline; a failure mid-stream becomes an SSE error event.
     If the client goes away, the cancellation reaches the model replica (vLLM aborts the request).
+    The replica's trailing usage comment is dropped here and handed to `on_done` (tokens used, or None).
     One timer per stream (not a wait per chunk): this is the hot path."""
     expired: list[bool] = []
+    used: int | None = None
 
     def expire() -> None:
         expired.append(True)
@@ -102,6 +105,9 @@ async def forward(first: str, gen: Any, deadline_s: float,
         if first:
             yield first
         async for chunk in gen:
+            if chunk.startswith(USAGE_MARK):
+                used = read_usage_comment(chunk)
+                continue
             yield chunk
         finished = True
     except (Exception, asyncio.CancelledError) as e:
@@ -116,4 +122,4 @@ async def forward(first: str, gen: Any, deadline_s: float,
         if not finished:
             gen.cancel()
         if on_done is not None:
-            on_done()
+            on_done(used)

@@ -12,6 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
 
+from .admission import AdmissionConfig
+from .auth import AuthConfig
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
@@ -86,6 +89,11 @@ class ModelConfig(_Strict):
     max_held_requests: PositiveInt = Field(
         256, description="Requests that may wait for a cold model at once; more get 429 with Retry-After."
     )
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Bounded queue at the ingress: requests beyond what the "
+        "running replicas take at once (replicas x max_num_seqs) plus `max_queued` get 429 with a Retry-After "
+        "computed from the queue and its drain rate.",
+    )
     autoscaling_policy: Literal["tide", "serve"] = Field(
         "tide", description="`tide`: queue-depth policy (`autoscaling`); `serve`: Ray Serve's built-in policy "
         "with `serve_autoscaling` passed through as its AutoscalingConfig (for comparisons).",
@@ -117,6 +125,10 @@ class ModelConfig(_Strict):
                 (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"].removeprefix("Value error, ")
                 for x in e.errors())) from None
         return self
+
+    def slots_per_replica(self) -> int:
+        """Requests one replica's engine runs at once: its `max_num_seqs` (vLLM's default 256 when unset)."""
+        return int(self.engine_args.get("max_num_seqs") or 256)
 
     def policy_config(self):
         """The autoscaling policy config for this model (bounds from `replicas`)."""
@@ -150,6 +162,10 @@ class ServerConfig(_Strict):
         "Tide starts Ray; on a cluster, start each node's Ray with the variables of serving.launcher.serve_env.",
     )
     ingress_num_cpus: NonNegativeFloat = Field(0.0, description="Ray CPUs reserved per ingress replica.")
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys (by SHA-256 digest, or raw from $TIDE_API_KEYS) with "
+        "per-key rate limits; off while no key is configured.",
+    )
 
 
 class TideConfig(_Strict):

@@ -18,6 +18,7 @@ from ray import serve
 from .config import ModelConfig
 from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
+from .guard import usage_comment
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
 from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
@@ -204,6 +205,7 @@ class LLMServer:
             yield error_event(to_error(e).body())
             return
         yield renderer.end()
+        yield usage_comment(renderer.usage())  # for the ingress's per-key token accounting; it strips this
 
     async def chat(self, req: ChatCompletionRequest) -> bytes:
         return await self._whole(req)

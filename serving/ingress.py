@@ -19,11 +19,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admission import AdmissionConfig
 from .calls import awaited, call_whole, forward, open_stream
 from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
 from .errors import TideError, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
+from .guard import Guard, Pass, Refused, body_usage
 from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retry_response
 from .hub import get_hub
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
@@ -66,6 +68,9 @@ class Ingress:
         self.start_estimate = {n: float(c["start_s"]) for n, c in cold.items()}
         self.counts: dict[str, tuple[int, int]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (model, reason) -> count, for /metrics
+        # API keys, per-key rate limits and each model's bounded queue (keys arrive as digests only)
+        self.guard = Guard(self.server.auth, {n: AdmissionConfig.model_validate(c["admission"])
+                                              for n, c in cold.items()})
         self._hub: Any = None
         self._watch: asyncio.Task | None = None
 
@@ -98,6 +103,18 @@ class Ingress:
 
     def _reject(self, model: str, reason: str) -> None:
         self.rejected[(model, reason)] = self.rejected.get((model, reason), 0) + 1
+
+    def _refused(self, model: str, r: Refused) -> JSONResponse:
+        self._reject(model, r.reason)
+        return error_response(r.error, r.headers)
+
+    def _locked(self, request: Request) -> JSONResponse | None:
+        """The 401 for a protected non-model route called without a valid key, else None."""
+        try:
+            self.guard.check_key(request.url.path, request.headers)
+        except Refused as r:
+            return self._refused("*", r)
+        return None
 
     def _is_cold(self, name: str) -> bool:
         """No running replica (scaled to zero, or all starting): requests are held, not failed."""
@@ -143,18 +160,24 @@ class Ingress:
         return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time()), hub
 
     @app.get("/tide/status")
-    async def status(self) -> JSONResponse:
+    async def status(self, request: Request) -> JSONResponse:
         """Per model: state, replicas desired/running, held requests, engine queue, tokens/s, TTFT p50."""
+        if (refused := self._locked(request)) is not None:
+            return refused
         return JSONResponse((await self._status())[0])
 
     @app.get("/metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, request: Request) -> Response:
         """Prometheus text: engines under vLLM's metric names (per model and replica) plus Tide's own."""
+        if (refused := self._locked(request)) is not None:
+            return refused
         status, hub = await self._status()
         return Response(metrics_text(status, hub), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
-    async def list_models(self) -> JSONResponse:
+    async def list_models(self, request: Request) -> JSONResponse:
+        if (refused := self._locked(request)) is not None:
+            return refused
         missing = [n for n in self.models if n not in self.cards]
         if missing:  # learn max_model_len from warm models; never wake a cold one just to list it
             counts = await asyncio.to_thread(replica_counts, missing)
@@ -186,7 +209,10 @@ class Ingress:
         return note
 
     async def _serve(self, request: Request, schema: type, kind: str) -> Response:
+        ticket: Pass | None = None
+        model = "*"
         try:
+            key = self.guard.check_key(request.url.path, request.headers)  # 401 before the body is read
             deadline_s = request_deadline_s(request.headers.get(TIMEOUT_HEADER), self.server.request_timeout_s)
             data = await read_json(request, self.server.max_body_bytes)
             try:
@@ -194,25 +220,38 @@ class Ingress:
             except ValidationError as e:
                 raise to_error(e) from None
             handle = self._handle(req.model, stream=req.stream)  # unknown model -> 404
-            if self._is_cold(req.model):
-                return await self._serve_cold(req, kind, handle, deadline_s)
-            retries, note = self.server.replica_retries, self._retried(req.model)
+            model, cold = req.model, self._is_cold(req.model)
+            # per-key rate limit, then the model's bounded queue (capacity: running replicas x max_num_seqs)
+            ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],
+                                      self.cards.get(model, {}).get("max_model_len"))
+            if cold:
+                t, ticket = ticket, None  # the held path owns the ticket from here
+                return await self._serve_cold(req, kind, handle, deadline_s, t)
+            retries, note = self.server.replica_retries, self._retried(model)
             if not req.stream:
-                body = await call_whole(lambda: self._start(req.model, kind, False, req), request, deadline_s,
+                body = await call_whole(lambda: self._start(model, kind, False, req), request, deadline_s,
                                         retries, note)
-                return Response(body, media_type="application/json")
+                ticket.done(body_usage(body))
+                return Response(body, media_type="application/json", headers=ticket.headers)
             # validation errors surface with the first chunk, before any header is sent
-            gen, first = await open_stream(lambda: self._start(req.model, kind, True, req), deadline_s, retries, note)
+            gen, first = await open_stream(lambda: self._start(model, kind, True, req), deadline_s, retries, note)
+        except Refused as r:
+            return self._refused(model, r)
         except Exception as e:
-            return error_response(to_error(e))
-        return StreamingResponse(forward(first, gen, deadline_s), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+            err = to_error(e)
+            if ticket is not None:  # a request refused by the replica used no tokens; a cut-short one may have
+                ticket.done(None if err.status in (499, 504) or err.status >= 500 else 0)
+            return error_response(err)
+        return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **ticket.headers})
 
-    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float) -> Response:
+    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
+                          ticket: Pass) -> Response:
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
         name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
         expected = self.start_estimate[name]
         if not gate.try_hold():
+            ticket.done(0)
             self._reject(name, "too_many_held")
             return retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
                                    "too_many_held_requests", retry_after_s(expected, 0))
@@ -220,7 +259,7 @@ class Ingress:
         if req.stream:
             gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
             first = asyncio.ensure_future(gen.__anext__())
-            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s),
+            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s, ticket),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         call = (handle.chat if kind == "chat" else handle.completion).remote(req)
         task = asyncio.ensure_future(awaited(call))
@@ -229,6 +268,7 @@ class Ingress:
                 waited = time.monotonic() - t0
                 if waited > cfg["timeout_s"]:
                     task.cancel()
+                    ticket.done(0)
                     self._reject(name, "cold_start_timeout")
                     return retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
                                            "cold_start_timeout", retry_after_s(expected, waited))
@@ -239,10 +279,12 @@ class Ingress:
         try:
             body = await asyncio.wait_for(task, max(deadline_s - (time.monotonic() - t0), 0.001))
         except Exception as e:
+            ticket.done(None)
             return error_response(to_error(e))
-        return Response(body, media_type="application/json")
+        ticket.done(body_usage(body))
+        return Response(body, media_type="application/json", headers=ticket.headers)
 
-    async def _held_stream(self, name, first, gen, t0, cfg, gate, deadline_s) -> AsyncIterator[str]:
+    async def _held_stream(self, name, first, gen, t0, cfg, gate, deadline_s, ticket) -> AsyncIterator[str]:
         """SSE comment heartbeats while the model starts, then the stream itself (or an in-band 503)."""
         released = False
         try:
@@ -267,9 +309,10 @@ class Ingress:
             except Exception as e:
                 yield error_event(to_error(e).body())
                 return
-            async for c in forward(chunk, gen, max(deadline_s - (time.monotonic() - t0), 0.001)):
+            async for c in forward(chunk, gen, max(deadline_s - (time.monotonic() - t0), 0.001), ticket.done):
                 yield c
         finally:
+            ticket.done(None)  # a no-op when the stream already settled
             if not released:
                 gate.release()
             if not first.done():

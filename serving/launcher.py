@@ -61,7 +61,9 @@ def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None 
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        from .sdk.handle import connect
+
+        connect(address)  # with Ray's auth token, which Ray 2.60 sends by itself only for address="auto"
         return False
     os.environ.update(serve_env(cfg))  # the local raylet, and so every worker, inherits these
     ray.init(

@@ -121,4 +121,6 @@ def test_handle_call_through_serve(tide_url, model_name, stream):
         parts = list(handle.options(stream=True).completion_stream.remote(req))
         events = [json.loads(e[6:]) for p in parts for e in p.split("\n\n") if e.startswith("data: {")]
         assert "".join(c["text"] for e in events for c in e["choices"]) == whole["choices"][0]["text"]
-        assert parts[-1].endswith("data: [DONE]\n\n")
+        assert parts[-2].endswith("data: [DONE]\n\n")
+        # then an SSE comment with the token count (SSE clients skip comments; the ingress strips it)
+        assert parts[-1] == f": tide-usage {whole['usage']['total_tokens']}\n\n"

@@ -1,0 +1,138 @@
+"""The ingress's front door, in the order a request meets it: API key, per-key rate limit, the model's queue.
+
+No Ray and no FastAPI here: the ingress passes headers, the clock and the capacity in, and gets back either a
+`Pass` to release when the request ends or a `Refused` with the status, OpenAI error body and headers to send.
+Only key digests reach this object (the raw keys were hashed where `tide serve` ran).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .admission import AdmissionConfig, AdmissionGate, Reject, queue_full
+from .auth import UNAUTHORIZED_HEADERS, AuthConfig, KeyEntry, KeyRing, authorize
+from .errors import TideError
+from .ratelimit import Allowed, Limited, Limits, RateLimiter, estimate_tokens, rate_limited, ratelimit_headers
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Refused(Exception):
+    """A request turned away at the door: send `error` with `headers` (401 or 429)."""
+
+    error: TideError
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class Pass:
+    """An admitted request. `headers` go on the response; call `done` exactly once when it ends (idempotent)."""
+
+    headers: dict[str, str]
+    _done: Callable[[int | None], None]
+    _finished: bool = False
+
+    def done(self, used_tokens: int | None = None) -> None:
+        """Free the queue slot and settle the key's token charge with the real usage (None keeps the estimate)."""
+        if not self._finished:
+            self._finished = True
+            self._done(used_tokens)
+
+    def __del__(self) -> None:
+        # Safety net: a stream whose client left before its body started is never iterated, so its `finally`
+        # never runs; the slot must still come back when the response object is dropped.
+        if not self._finished:
+            try:
+                self.done(None)
+            except Exception:  # noqa: BLE001 - nothing can be raised from __del__
+                pass
+
+
+def prompt_chars(req: Any) -> int:
+    """Characters (or token ids) of a chat or completion request's prompt, for the admission-time estimate."""
+    if hasattr(req, "messages"):
+        return sum(len(m.get("content") or "") for m in req.chat_messages())
+    return sum(len(p) * (1 if isinstance(p, str) else 4) for p in req.prompts())
+
+
+class Guard:
+    """Keys, rate limits and one bounded queue per model; one instance per ingress replica."""
+
+    def __init__(self, auth: AuthConfig, admission: Mapping[str, AdmissionConfig], clock: Clock = time.monotonic):
+        self.ring = KeyRing.from_config(auth, environ={})  # digests only; the replica's environment is not read
+        self.limiter = RateLimiter()
+        self.gates = {name: AdmissionGate(cfg, capacity=0) for name, cfg in admission.items()}
+        self.clock = clock
+
+    def check_key(self, path: str, headers: Mapping[str, str]) -> KeyEntry | None:
+        """The caller's key entry (None on open paths or with auth off); raises Refused(401) otherwise."""
+        d = authorize(self.ring, path, headers.get("authorization"), headers.get("x-api-key"))
+        if isinstance(d, TideError):
+            raise Refused(d, dict(UNAUTHORIZED_HEADERS), "unauthorized")
+        return d
+
+    def admit(self, model: str, key: KeyEntry | None, req: Any, capacity: int,
+              max_model_len: int | None) -> Pass:
+        """Charge the key's buckets, then take a slot in the model's queue; raises Refused(429) when either is full.
+
+        `capacity` is what the model's running replicas take at once (replicas x max_num_seqs)."""
+        now = self.clock()
+        limits = Limits(key.requests_per_minute, key.tokens_per_minute) if key is not None else Limits()
+        estimate = 0
+        headers: dict[str, str] = {}
+        if not limits.unlimited:
+            estimate = estimate_tokens(prompt_chars(req), req.requested_max_tokens(), max_model_len, req.n)
+            d = self.limiter.charge(key.name, limits, now, estimate)
+            if isinstance(d, Limited):
+                retry = {"Retry-After": d.retry_after_header} if d.retry_after_header else {}
+                raise Refused(rate_limited(key.name, d), retry, f"rate_limited_{d.limit}")
+            assert isinstance(d, Allowed)
+            headers = ratelimit_headers(limits, d)
+        gate = self.gates[model]
+        gate.set_capacity(capacity)
+        a = gate.try_admit(now)
+        if isinstance(a, Reject):
+            if not limits.unlimited:
+                self.limiter.refund(key.name, limits, now, estimate)
+            raise Refused(queue_full(model, a), {"Retry-After": str(a.retry_after_s)}, "queue_full")
+
+        def done(used: int | None) -> None:
+            t = self.clock()
+            gate.release(t)
+            if not limits.unlimited and used is not None:
+                self.limiter.settle(key.name, limits, t, estimate, used)
+
+        return Pass(headers, done)
+
+
+USAGE_MARK = ": tide-usage "  # an SSE comment the model replica appends to streams; the ingress strips it
+
+
+def usage_comment(usage: Mapping[str, int]) -> str:
+    """The stream's token usage as an SSE comment: SSE clients skip comments, the ingress reads and drops it."""
+    return f"{USAGE_MARK}{usage.get('total_tokens', 0)}\n\n"
+
+
+def read_usage_comment(chunk: str) -> int | None:
+    """Total tokens from a usage comment, or None if `chunk` is not one."""
+    if not chunk.startswith(USAGE_MARK):
+        return None
+    try:
+        return max(0, int(chunk[len(USAGE_MARK):].strip()))
+    except ValueError:
+        return None
+
+
+def body_usage(body: bytes) -> int | None:
+    """total_tokens of a non-streamed response body (None if absent or unreadable)."""
+    try:
+        total = json.loads(body).get("usage", {}).get("total_tokens")
+    except (ValueError, AttributeError):
+        return None
+    return int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None

@@ -1,0 +1,93 @@
+"""A one-node Ray cluster started the way cluster/local.yaml starts a head (`ray start --head` on 127.0.0.1
+with Tide's Serve settings), separate from the test session's cluster, stopped by its own PID at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from serving.launcher import free_port, serve_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Head:
+    address: str  # the GCS address to pass as --address
+    models: Path  # the Tide config written for it
+    http_port: int
+    tmp: Path  # holds Ray's temp dir (its logs are under tmp/ray)
+
+
+def tide(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the `tide` CLI as a user would."""
+    return subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
+    """examples/tiny.yaml on `http_port`, the model's fields updated with `model`."""
+    data = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())
+    data["server"]["port"] = http_port
+    data["models"][0].update({"model": str(ROOT / ".models" / "tiny-llama"), **model})
+    data["models"][0]["replicas"]["num_cpus"] = 0.5
+    return data
+
+
+@contextmanager
+def ray_head(data: dict[str, Any] | None = None) -> Iterator[Head]:
+    """Start a head for the config `data` (default: tiny.yaml on a free port); stop it, by PID, on exit."""
+    from serving.config import load_config
+
+    gcs_port = free_port()
+    data = data or tiny_config(free_port())
+    tmp = Path(tempfile.mkdtemp(prefix="tide-", dir="/tmp"))  # short: Ray's socket paths live under it
+    models = tmp / "models.yaml"
+    models.write_text(yaml.safe_dump(data))
+    # As cluster/local.yaml's head starts Ray: Tide's Serve settings plus no port quarantine.
+    env = {**os.environ, **serve_env(load_config(models)), "RAY_SERVE_PORT_QUARANTINE_S": "0",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={tmp / 'ray'}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{gcs_port}"
+    try:
+        wait_port(gcs_port, 60)
+        yield Head(address, models, int(data["server"]["port"]), tmp)
+    finally:
+        # Stop the engines cleanly, then this head (its SIGTERM handler stops every process it started).
+        subprocess.run([sys.executable, "-c", "from ray import serve; from serving.sdk import connect; "
+                        f"connect({address!r}); serve.shutdown()"],
+                       capture_output=True, timeout=120)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        if not os.environ.get("TIDE_KEEP_TEST_TMP"):  # keep Ray's logs to debug a failure
+            shutil.rmtree(tmp, ignore_errors=True)
