@@ -147,31 +147,15 @@ def gemm_tflops(dev: torch.device, dt: torch.dtype, n: int, reps: int) -> float:
     return 2 * n ** 3 / t / 1e12
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
-    p.add_argument("--context", type=int, default=1000, help="KV tokens per sequence at the timed decode step")
-    p.add_argument("--prefill", nargs="+", default=["1x512", "1x2048", "4x2048"], help="BxS prompt shapes")
-    p.add_argument("--prompt-tokens", type=int, default=512, help="profile_prompt_tokens (TTFT column)")
-    p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--copy-gib", type=float, default=4.0)
-    p.add_argument("--no-graphs", action="store_true", help="decode eagerly only")
-    p.add_argument("--cold-start-s", type=float, default=90.0, help="not measured here: the derived profile's")
-    p.add_argument("--mem-util", type=float, default=0.9, help="vLLM gpu_memory_utilization for the KV size")
-    p.add_argument("--date", default=time.strftime("%Y-%m-%d", time.gmtime()))
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
-    a = p.parse_args()
-
+def measure(tiny: bool, batches: list[int], context: int, prefill: list[str], reps: int, copy_gib: float,
+            graphs: bool) -> dict:
+    """All device work; returns the raw numbers (JSON-able) that `build_profile` turns into a profile."""
     torch.manual_seed(0)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = torch.bfloat16
-    c = SHAPES["tiny" if a.tiny else "llama3-8b"]
-    if a.tiny:
-        a.batches, a.context, a.reps, a.copy_gib = [b for b in a.batches if b <= 8], 64, 3, 1 / 64
-        a.prefill, a.prompt_tokens = ["1x32", "2x64"], 32
-    graphs = dev.type == "cuda" and not a.no_graphs
-    prefill_shapes = [tuple(int(v) for v in s.split("x")) for s in a.prefill]
+    c = SHAPES["tiny" if tiny else "llama3-8b"]
+    graphs = graphs and dev.type == "cuda"
+    prefill_shapes = [tuple(int(v) for v in s.split("x")) for s in prefill]
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
         gpu, total_mem = props.name, props.total_memory
@@ -179,31 +163,31 @@ def main() -> None:
         context_bytes = total_mem - free0  # CUDA context and anything else not ours
     else:
         gpu, total_mem, context_bytes = "cpu", 0, 0
-    short = next((k for k in ("h100", "h200", "a100", "l40s", "l4", "b200") if k in gpu.lower()), "gpu")
-    name = f"{short if dev.type == 'cuda' else 'cpu'}-llama3-8b-measured" + ("-tiny" if a.tiny else "")
     print(f"device {gpu} ({total_mem / 2**30:.1f} GiB), torch {torch.__version__}, cuda graphs: {graphs}", flush=True)
 
     t0 = time.perf_counter()
-    copy = hbm_copy_gbps(dev, int(a.copy_gib * 2**30), max(a.reps // 2, 3))
-    print(f"HBM copy {a.copy_gib:g} GiB: {copy:.0f} GB/s (read + write)", flush=True)
-    tflops = gemm_tflops(dev, dt, 256 if a.tiny else 8192, 10)
-    print(f"bf16 GEMM {256 if a.tiny else 8192}^3: {tflops:.0f} TFLOP/s", flush=True)
+    copy = hbm_copy_gbps(dev, int(copy_gib * 2**30), max(reps // 2, 3))
+    print(f"HBM copy {copy_gib:g} GiB: {copy:.0f} GB/s (read + write)", flush=True)
+    n = 256 if tiny else 8192
+    tflops = gemm_tflops(dev, dt, n, 10)
+    print(f"bf16 GEMM {n}^3: {tflops:.0f} TFLOP/s", flush=True)
 
-    max_b = max(a.batches)
-    positions = max(a.context + 8, max(b * s for b, s in prefill_shapes) // max_b + 1)
+    max_b = max(batches)
+    positions = max(context + 8, max(b * s for b, s in prefill_shapes) // max_b + 1)
     m = Llama(c, dev, dt, max_b, positions)
     kv_bytes_per_token = c["layers"] * c["kv_heads"] * c["head_dim"] * 2 * torch.finfo(dt).bits // 8
+    sync(dev)
     print(f"model: {m.weight_bytes / 1e9:.2f} GB weights, KV cache {max_b} x {positions} positions "
           f"({kv_bytes_per_token // 1024} KiB/token), built in {time.perf_counter() - t0:.1f}s", flush=True)
 
     # decode at `context` cached tokens per sequence
-    cos, sin = rope_tables(torch.tensor([a.context]), c["head_dim"], dev, dt)
+    cos, sin = rope_tables(torch.tensor([context]), c["head_dim"], dev, dt)
     rows = []
     print(f"{'batch':>5} {'eager ms':>9} {'graph ms':>9} {'tok/s':>9}", flush=True)
-    for b in a.batches:
+    for b in batches:
         tok = torch.randint(0, c["vocab"], (b,), device=dev)
         with torch.inference_mode():
-            eager = bench(lambda: m.decode(tok, a.context, cos, sin), dev, a.reps)
+            eager = bench(lambda: m.decode(tok, context, cos, sin), dev, reps)
             graph_t = None
             if graphs:
                 try:
@@ -211,12 +195,12 @@ def main() -> None:
                     s.wait_stream(torch.cuda.current_stream(dev))
                     with torch.cuda.stream(s):
                         for _ in range(3):
-                            m.decode(tok, a.context, cos, sin)
+                            m.decode(tok, context, cos, sin)
                     torch.cuda.current_stream(dev).wait_stream(s)
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g):
-                        m.decode(tok, a.context, cos, sin)
-                    graph_t = bench(g.replay, dev, a.reps, warmup=3)
+                        m.decode(tok, context, cos, sin)
+                    graph_t = bench(g.replay, dev, reps, warmup=3)
                     del g
                 except Exception as e:  # keep the eager number rather than lose the run
                     print(f"batch {b}: CUDA graph failed, eager only: {e!r}", flush=True)
@@ -235,55 +219,92 @@ def main() -> None:
         cs, sn = rope_tables(torch.arange(s), c["head_dim"], dev, dt)
         tok = torch.randint(0, c["vocab"], (bsz, s), device=dev)
         with torch.inference_mode():
-            t = bench(lambda: m.prefill(tok, cs, sn), dev, max(a.reps // 4, 3))
+            t = bench(lambda: m.prefill(tok, cs, sn), dev, max(reps // 4, 3))
         pre.append(dict(batch=bsz, seq=s, s=t, tokens_per_s=bsz * s / t,
                         tflops=2 * m.layer_params * bsz * s / t / 1e12))
         print(f"prefill {bsz}x{s}: {t * 1000:.1f} ms, {bsz * s / t:,.0f} tok/s "
-              f"(~{pre[-1]['tflops']:.0f} TFLOP/s in matmuls)", flush=True)
+              f"(~{pre[-1]['tflops']:.0f} TFLOP/s in the layers' matmuls)", flush=True)
     act_peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else 0
+    return dict(gpu=gpu, device=dev.type, torch=torch.__version__, total_mem_bytes=total_mem,
+                cuda_context_bytes=context_bytes, cuda_graphs=graphs, context_tokens=context, reps=reps,
+                hbm_copy_GBps=copy, gemm_bf16_tflops=tflops, weight_bytes=m.weight_bytes,
+                kv_bytes_per_token=kv_bytes_per_token, decode=rows, prefill=pre, prefill_activation_bytes=act_peak)
 
-    ttft_pre = next((r["s"] for r in pre if r["batch"] == 1 and r["seq"] == a.prompt_tokens), None)
+
+def build_profile(r: dict, date: str, prompt_tokens: int, mem_util: float, cold_start_s: float,
+                  tiny: bool = False) -> dict:
+    """The simulator profile (autoscale/sim/profile.py's fields) from `measure`'s numbers; raw ones under "measured"."""
+    gpu, graphs, rows, pre = r["gpu"], r["cuda_graphs"], r["decode"], r["prefill"]
+    short = next((k for k in ("h100", "h200", "a100", "l40s", "l4", "b200") if k in gpu.lower()),
+                 "cpu" if r["device"] == "cpu" else "gpu")
+    name = f"{short}-llama3-8b-measured" + ("-tiny" if tiny else "")
+    ttft_pre = next((p["s"] for p in pre if p["batch"] == 1 and p["seq"] == prompt_tokens), None)
     if ttft_pre is None:
-        ttft_pre = a.prompt_tokens / pre[0]["tokens_per_s"]
-    budget = max(pre, key=lambda r: r["batch"] * r["seq"])
-    kv_tokens = int((a.mem_util * total_mem - m.weight_bytes - act_peak - context_bytes) / kv_bytes_per_token) \
-        if dev.type == "cuda" else 524288
-    prof = {
+        ttft_pre = prompt_tokens / pre[0]["tokens_per_s"]
+    budget = max(pre, key=lambda p: p["batch"] * p["seq"])
+    total, wb, act, ctx_b = r["total_mem_bytes"], r["weight_bytes"], r["prefill_activation_bytes"], \
+        r["cuda_context_bytes"]
+    kv_tokens = int((mem_util * total - wb - act - ctx_b) / r["kv_bytes_per_token"]) if total else 524288
+    return {
         "name": name,
-        "description": f"Measured with plain torch (not vLLM) on one {gpu}, {a.date}, by benchmarks/gpu_profile.py: "
+        "description": f"Measured with plain torch (not vLLM) on one {gpu}, {date}, by benchmarks/gpu_profile.py: "
                        f"random bf16 weights of Llama-3-8B's shapes, decode "
-                       f"{'replayed from CUDA graphs' if graphs else 'eager'}, HBM copy {copy:.0f} GB/s.",
+                       f"{'replayed from CUDA graphs' if graphs else 'eager'}, HBM copy {r['hbm_copy_GBps']:.0f} GB/s.",
         "assumptions": [
-            f"measured {a.date} on {gpu} ({total_mem / 2**30:.0f} GiB), torch {torch.__version__}; median of {a.reps} "
+            f"measured {date} on {gpu} ({total / 2**30:.0f} GiB), torch {r['torch']}; median of {r['reps']} "
             f"decode steps per batch size; unfused torch ops (RMSNorm, RoPE, SwiGLU), SDPA "
-            f"({'graph' if graphs else 'eager'}), contiguous KV cache, no paged attention, no sampling beyond argmax",
-            f"decode step = one token for every sequence of the batch, each with {a.context} tokens in KV cache",
-            f"ttft = step time at the batch + 1x{a.prompt_tokens} prefill ({ttft_pre * 1000:.1f} ms), no chunked "
+            f"({'CUDA graph' if graphs else 'eager'}), contiguous KV cache, no paged attention, argmax sampling",
+            f"decode step = one token for every sequence of the batch, each with {r['context_tokens']} tokens in "
+            f"KV cache",
+            f"ttft = step time at the batch + 1x{prompt_tokens} prefill ({ttft_pre * 1000:.1f} ms), no chunked "
             f"prefill mixing or scheduler overhead",
             f"prefill_tokens_per_s from {budget['batch']}x{budget['seq']} prompt tokens in one forward pass",
-            f"KV cache = {a.mem_util:.0%} of {total_mem / 1e9:.0f} GB minus weights {m.weight_bytes / 1e9:.1f} GB, "
-            f"prefill activations {act_peak / 1e9:.1f} GB and CUDA context {context_bytes / 1e9:.1f} GB "
-            f"-> {kv_tokens} tokens",
-            f"cold start {a.cold_start_s:.0f} s is not measured (the derived profile's: container + weights from "
+            f"KV cache = {mem_util:.0%} of {total / 1e9:.0f} GB minus weights {wb / 1e9:.1f} GB, prefill "
+            f"activations {act / 1e9:.1f} GB and CUDA context {ctx_b / 1e9:.1f} GB -> {kv_tokens} tokens",
+            f"cold start {cold_start_s:.0f} s is not measured (the derived profile's: container + weights from "
             f"local disk), node provisioning separate",
             "no HTTP, tokenizer, detokenizer or vLLM scheduler time: a real server is slower per step",
         ],
-        "batch": [r["batch"] for r in rows],
-        "tpot_s": [r["step_s"] for r in rows],
-        "ttft_s": [r["step_s"] + ttft_pre for r in rows],
-        "tokens_per_s": [r["batch"] / r["step_s"] for r in rows],
-        "profile_prompt_tokens": a.prompt_tokens,
+        "batch": [x["batch"] for x in rows],
+        "tpot_s": [x["step_s"] for x in rows],
+        "ttft_s": [x["step_s"] + ttft_pre for x in rows],
+        "tokens_per_s": [x["batch"] / x["step_s"] for x in rows],
+        "profile_prompt_tokens": prompt_tokens,
         "prefill_tokens_per_s": budget["tokens_per_s"],
         "max_num_seqs": 256,
         "max_num_batched_tokens": 8192,
         "kv_cache_tokens": kv_tokens,
-        "cold_start_s": a.cold_start_s,
-        "measured": {"gpu": gpu, "torch": torch.__version__, "cuda_graphs": graphs, "context_tokens": a.context,
-                     "hbm_copy_GBps": copy, "gemm_bf16_tflops": tflops, "weight_bytes": m.weight_bytes,
-                     "decode": rows, "prefill": pre, "prefill_activation_bytes": act_peak},
+        "cold_start_s": cold_start_s,
+        "measured": r,
     }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--context", type=int, default=1000, help="KV tokens per sequence at the timed decode step")
+    p.add_argument("--prefill", nargs="+", default=["1x512", "1x2048", "4x2048"], help="BxS prompt shapes")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="profile_prompt_tokens (TTFT column)")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--copy-gib", type=float, default=4.0)
+    p.add_argument("--no-graphs", action="store_true", help="decode eagerly only")
+    p.add_argument("--cold-start-s", type=float, default=90.0, help="not measured here: the derived profile's")
+    p.add_argument("--mem-util", type=float, default=0.9, help="vLLM gpu_memory_utilization for the KV size")
+    p.add_argument("--date", default=time.strftime("%Y-%m-%d", time.gmtime()))
+    p.add_argument("--from-raw", type=Path, help="build the profile from a raw JSON (`measure`'s numbers) instead")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    a = p.parse_args()
+    if a.tiny:
+        a.batches, a.context, a.reps, a.copy_gib = [b for b in a.batches if b <= 8], 64, 3, 1 / 64
+        a.prefill, a.prompt_tokens = ["1x32", "2x64"], 32
+    if a.from_raw:
+        raw = json.loads(a.from_raw.read_text())
+    else:
+        raw = measure(a.tiny, a.batches, a.context, a.prefill, a.reps, a.copy_gib, not a.no_graphs)
+    prof = build_profile(raw, a.date, a.prompt_tokens, a.mem_util, a.cold_start_s, a.tiny)
     a.out.mkdir(parents=True, exist_ok=True)
-    path = a.out / f"{name}.json"
+    path = a.out / f"{prof['name']}.json"
     path.write_text(json.dumps(prof, indent=2) + "\n")
     print(f"wrote {path}")
 
