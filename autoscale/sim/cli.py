@@ -97,7 +97,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--replicas-max", type=int, default=16, help="most replicas (default 16)")
     p.add_argument("--replicas-min", type=int, default=1, help="fewest replicas (default 1)")
     p.add_argument("--profile", default="h100-llama3-8b",
-                   help="replica speed: cpu-tiny (measured here), h100-llama3-8b (derived), or a JSON file")
+                   help="replica speed: cpu-tiny (measured here), h100-llama3-8b (derived), "
+                        "h100-llama3-8b-measured (plain torch on an H100), or a JSON file")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                    help="policy settings, e.g. upscale_delay_s=5 target_ongoing_requests=4 (tide's "
                         "replica_capacity defaults to the profile's max_num_seqs)")

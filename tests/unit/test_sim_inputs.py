@@ -87,6 +87,23 @@ def test_profiles_load_interpolate_and_explain_themselves(tmp_path):
     assert derive_gpu_profile("x", 1e12, 1e9, 1e3, 1e15, 1e9, 1e10)["kv_cache_tokens"] == 8_000_000
 
 
+def test_measured_gpu_profile_loads_and_matches_its_raw_numbers(tmp_path):
+    """h100-llama3-8b-measured.json (benchmarks/gpu_profile.py on an H100) is valid and rebuilds from its raw data."""
+    import importlib.util
+
+    root = load_profile.__globals__["PROFILES_DIR"].parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_profile", root / "benchmarks" / "gpu_profile.py")
+    gp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gp)
+    m = load_profile("h100-llama3-8b-measured")
+    assert m.batch == load_profile("h100-llama3-8b").batch and m.max_num_seqs == 256
+    assert all(a < b for a, b in zip(m.tpot_s, m.tpot_s[1:]))  # decode slows as the batch grows
+    assert all(f > t for f, t in zip(m.ttft_s, m.tpot_s)) and "not vLLM" in m.description
+    raw = json.loads((root / "autoscale" / "profiles" / "h100-llama3-8b-measured.json").read_text())
+    rebuilt = gp.build_profile(raw["measured"], "2026-11-25", 512, 0.9, 90.0)
+    assert json.loads(json.dumps(rebuilt)) == raw  # the file is what the script writes from its measurements
+
+
 def test_histogram_percentiles_are_within_bin_resolution():
     rng = np.random.default_rng(0)
     v = rng.lognormal(-3, 1, 100_000)
