@@ -20,6 +20,7 @@ from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
+from .router import request_router_options
 from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
 
 logger = logging.getLogger("tide.engine")
@@ -252,6 +253,7 @@ def model_deployment(cfg: ModelConfig):
             "policy": {"policy_function": "autoscale.serve_policy:TidePolicy",
                        "policy_kwargs": policy.model_dump()},
         }
+    options.update(request_router_options(cfg))
     return serve.deployment(LLMServer).options(**options)
 
 
