@@ -106,6 +106,15 @@ class ModelConfig(_Strict):
         description="After the first token, send streamed tokens at most this often; tokens produced in between "
         "travel as one chunk (0 sends every engine step). Cuts per-token hops under load; TTFT is unaffected.",
     )
+    router: Literal["prefix", "serve"] = Field(
+        "prefix", description="`prefix`: send a prompt to the replica that got its longest prefix before (vLLM's "
+        "prefix cache), unless that replica is much busier (serving.router); `serve`: Ray Serve's default "
+        "power-of-two-choices router (for comparisons).",
+    )
+    routing: dict[str, Any] = Field(
+        default_factory=dict, description="Prefix router settings (autoscale.routing.RouterConfig) when "
+        "router is `prefix`.",
+    )
     cpu_bind: str = Field(
         "rank",
         description="CPU builds only: `rank` pins each replica's engine threads to core (rank mod cores), "
@@ -118,6 +127,13 @@ class ModelConfig(_Strict):
             raise ValueError(f"name {self.name!r} must be 1-128 of letters, digits and . _ : / - (not starting with one)")
         if "model" in self.engine_args:
             raise ValueError("engine_args must not set `model`; use the model's `model` field")
+        try:
+            from autoscale.routing import RouterConfig
+
+            RouterConfig.model_validate(self.routing)
+        except ValidationError as e:
+            raise ValueError("routing: " + "; ".join(
+                (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"] for x in e.errors())) from None
         try:
             self.policy_config()
         except ValidationError as e:

@@ -21,6 +21,7 @@ from .faults import engine_stuck
 from .guard import usage_comment
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
+from .router import request_router_options
 from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
 
 logger = logging.getLogger("tide.engine")
@@ -254,6 +255,7 @@ def model_deployment(cfg: ModelConfig):
             "policy": {"policy_function": "autoscale.serve_policy:TidePolicy",
                        "policy_kwargs": policy.model_dump()},
         }
+    options.update(request_router_options(cfg))
     return serve.deployment(LLMServer).options(**options)
 
 
