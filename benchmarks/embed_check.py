@@ -141,6 +141,7 @@ def main() -> None:
         asyncio.run(run(server, a))
     finally:
         server.engine.shutdown()
+        server.engine = None  # shut down once, here, not again from __del__ at interpreter exit
 
 
 if __name__ == "__main__":
