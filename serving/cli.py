@@ -18,6 +18,15 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_tiny_lora(args: argparse.Namespace) -> int:
+    from .tiny_lora import build_tiny_lora
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    out = build_tiny_lora(args.base, args.path, seed=args.seed, rank=args.rank, targets=targets, force=args.force)
+    print(f"tiny LoRA adapter (rank {args.rank}, {', '.join(targets)}, seed {args.seed}) at {out}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -72,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same model)")
     t.add_argument("--force", action="store_true", help="rebuild even when already built")
     t.set_defaults(fn=_cmd_make_tiny_model)
+
+    lo = sub.add_parser("make-tiny-lora", help="build a seeded random LoRA adapter (PEFT folder) for the tiny model")
+    lo.add_argument("path", help="output folder (adapter_config.json + adapter_model.safetensors)")
+    lo.add_argument("--base", default=".models/tiny-llama", help="the base model folder (default .models/tiny-llama)")
+    lo.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same adapter)")
+    lo.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8; the engine's max_lora_rank must fit)")
+    lo.add_argument("--targets", default="q_proj,v_proj", help="comma-separated projections (default q_proj,v_proj)")
+    lo.add_argument("--force", action="store_true", help="rebuild even when already built")
+    lo.set_defaults(fn=_cmd_make_tiny_lora)
 
     # More subcommands register here, one `add_parsers(sub)` line per package.
     from cluster.cli import add_parsers as add_cluster_parsers
