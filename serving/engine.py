@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
 from .guard import usage_comment
+from .lora import engine_lora_args, lora_request, resolve_model
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
 from .router import request_router_options
@@ -92,8 +93,14 @@ class LLMServer:
 
         from .engine_stats import EngineStats
 
+        from vllm.platforms import current_platform
+
         started = time.monotonic()
-        args = AsyncEngineArgs(model=self.cfg.model, served_model_name=self.cfg.name, **self.cfg.engine_args)
+        lora_args = engine_lora_args(self.cfg.lora, cpu=current_platform.is_cpu())
+        args = AsyncEngineArgs(model=self.cfg.model, served_model_name=self.cfg.name,
+                               **{**lora_args, **self.cfg.engine_args})
+        self.adapters = {self.cfg.name: sorted(self.cfg.lora.adapters) if self.cfg.lora else []}
+        self._adapters_loaded: asyncio.Task | None = None
         self.stats = EngineStats()
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: self.stats])
         self.tokenizer = self.engine.get_tokenizer()
@@ -125,9 +132,23 @@ class LLMServer:
                 logger.debug("stats push failed", exc_info=True)
             await asyncio.sleep(1.0)
 
+    async def _load_adapters(self) -> None:
+        """Load every LoRA adapter once, before any request uses one: vLLM kills the engine when a request names
+        an adapter that fails to load, while a failed `add_lora` only raises (and fails this replica's health)."""
+        if not getattr(self, "adapters", {}).get(self.cfg.name):  # (embedding replicas share this method)
+            return
+        if self._adapters_loaded is None:
+            async def load_all() -> None:
+                for a in self.adapters[self.cfg.name]:
+                    await self.engine.add_lora(lora_request(self.cfg.lora, a, self.cfg.name))
+                logger.info("loaded LoRA adapters %s on %s", self.adapters[self.cfg.name], self.cfg.name)
+            self._adapters_loaded = asyncio.ensure_future(load_all())
+        await asyncio.shield(self._adapters_loaded)
+
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
         self._ensure_pusher()
+        await self._load_adapters()
         await self.engine.check_health()
         now, unfinished = time.time(), self.engine.get_num_unfinished_requests()
         if unfinished == 0:
@@ -143,15 +164,18 @@ class LLMServer:
     async def load(self) -> dict[str, int]:
         """This engine's requests right now, straight from vLLM (tests and the soak benchmark time aborts by it)."""
         c = self.stats.counters
-        return {"unfinished": self.engine.get_num_unfinished_requests(), "waiting": c.waiting, "running": c.running}
+        return {"unfinished": self.engine.get_num_unfinished_requests(), "waiting": c.waiting, "running": c.running,
+                "aborted": c.aborted, "pid": os.getpid()}
 
     async def info(self) -> dict[str, Any]:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
                 "engine_start_s": self.start_time_s}
 
     # ---- requests ----
-    def _prepare(self, req: _Request) -> tuple[list[list[int]], Any, Renderer]:
+    def _prepare(self, req: _Request) -> tuple[list[list[int]], Any, Renderer, Any]:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        adapter = resolve_model(req.model, self.adapters).adapter  # `base:adapter` runs with that adapter
 
         if isinstance(req, ChatCompletionRequest):
             prompts, kind, param, prefix = [chat_prompt_ids(req, self.tokenizer)], "chat", "messages", "chatcmpl"
@@ -164,23 +188,25 @@ class LLMServer:
             params = SamplingParams(**req.sampling_kwargs(max_tokens), output_kind=RequestOutputKind.DELTA)
         except Exception as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             raise bad_request(str(e)) from None
-        renderer = Renderer(kind, new_id(prefix), self.cfg.name, int(time.time()), req.n, lens, req.include_usage)
-        return prompts, params, renderer
+        renderer = Renderer(kind, new_id(prefix), req.model, int(time.time()), req.n, lens, req.include_usage)
+        return prompts, params, renderer, lora_request(self.cfg.lora, adapter, self.cfg.name)
 
-    def _generate(self, prompts: list[list[int]], params: Any, request_id: str) -> AsyncIterator[tuple[int, Any]]:
+    def _generate(self, prompts: list[list[int]], params: Any, request_id: str,
+                  lora: Any = None) -> AsyncIterator[tuple[int, Any]]:
         if self.engine.errored:
             raise engine_dead()
         streams = [
-            self.engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-{i}")
+            self.engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-{i}", lora_request=lora)
             for i, ids in enumerate(prompts)
         ]
         return _merge(streams)
 
     async def _whole(self, req: _Request) -> bytes:
         self._ensure_pusher()
-        prompts, params, renderer = self._prepare(req)
+        prompts, params, renderer, lora = self._prepare(req)
+        await self._load_adapters()
         try:
-            async for i, out in self._generate(prompts, params, renderer.request_id):
+            async for i, out in self._generate(prompts, params, renderer.request_id, lora):
                 renderer.add(i, out)
         except asyncio.CancelledError:  # the caller went away: vLLM aborts the request on this cancellation
             self.stats.counters.on_abort()
@@ -189,11 +215,12 @@ class LLMServer:
 
     async def _stream(self, req: _Request) -> AsyncIterator[str]:
         self._ensure_pusher()
-        prompts, params, renderer = self._prepare(req)  # errors here reach the ingress before any byte is sent
+        prompts, params, renderer, lora = self._prepare(req)  # errors here reach the ingress before any byte
+        await self._load_adapters()
         yield renderer.start()
         gap_s = self.cfg.stream_batch_ms / 1000.0
         try:
-            async for i, out in self._generate(prompts, params, renderer.request_id):
+            async for i, out in self._generate(prompts, params, renderer.request_id, lora):
                 chunk = renderer.delta(i, out)
                 if chunk:
                     yield chunk
@@ -256,6 +283,10 @@ def model_deployment(cfg: ModelConfig):
                        "policy_kwargs": policy.model_dump()},
         }
     options.update(request_router_options(cfg))
+    if cfg.task == "embed":
+        from .embeddings import EmbeddingServer  # it imports this module
+
+        return serve.deployment(EmbeddingServer).options(**options)
     return serve.deployment(LLMServer).options(**options)
 
 

@@ -55,10 +55,11 @@ class Pass:
 
 
 def prompt_chars(req: Any) -> int:
-    """Characters (or token ids) of a chat or completion request's prompt, for the admission-time estimate."""
+    """Characters (or token ids) of a request's prompt or inputs, for the admission-time estimate."""
     if hasattr(req, "messages"):
         return sum(len(m.get("content") or "") for m in req.chat_messages())
-    return sum(len(p) * (1 if isinstance(p, str) else 4) for p in req.prompts())
+    items = req.inputs() if hasattr(req, "inputs") else req.prompts()  # embeddings have inputs
+    return sum(len(p) * (1 if isinstance(p, str) else 4) for p in items)
 
 
 class Guard:
@@ -87,7 +88,8 @@ class Guard:
         estimate = 0
         headers: dict[str, str] = {}
         if not limits.unlimited:
-            estimate = estimate_tokens(prompt_chars(req), req.requested_max_tokens(), max_model_len, req.n)
+            wanted = req.requested_max_tokens() if hasattr(req, "requested_max_tokens") else 0  # 0: embeddings
+            estimate = estimate_tokens(prompt_chars(req), wanted, max_model_len, getattr(req, "n", 1))
             d = self.limiter.charge(key.name, limits, now, estimate)
             if isinstance(d, Limited):
                 retry = {"Retry-After": d.retry_after_header} if d.retry_after_header else {}

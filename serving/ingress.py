@@ -23,11 +23,13 @@ from .admission import AdmissionConfig
 from .calls import awaited, call_whole, forward, open_stream
 from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
-from .errors import TideError, error_body, model_not_found, to_error
+from .errors import TideError, bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
 from .guard import Guard, Pass, Refused, body_usage
+from .lora import resolve_model
 from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retry_response
 from .hub import get_hub
+from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .render import error_event
 from .status import fleet_status, metrics_text
@@ -37,7 +39,10 @@ from .openapi_schema import install as install_openapi, request_body
 logger = logging.getLogger("tide.ingress")
 app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
 app.include_router(web_router)  # the chat and status pages (plain static files)
-install_openapi(app, ChatCompletionRequest, CompletionRequest)  # request-body schemas in /openapi.json
+install_openapi(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)  # request bodies in /openapi.json
+# (kind, stream) -> the model deployment's method
+METHODS = {("chat", False): "chat", ("chat", True): "chat_stream", ("completion", False): "completion",
+           ("completion", True): "completion_stream", ("embed", False): "embed"}
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -69,6 +74,9 @@ class Ingress:
         self.counts: dict[str, tuple[int, int]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (model, reason) -> count, for /metrics
         # API keys, per-key rate limits and each model's bounded queue (keys arrive as digests only)
+        # LoRA: `base:adapter` requests go to the base model's deployment (cards as vLLM lists adapters)
+        self.adapter_cards = {n: c.get("adapters", []) for n, c in cold.items()}
+        self.adapters = {n: [a["id"].rpartition(":")[2] for a in cards] for n, cards in self.adapter_cards.items()}
         self.guard = Guard(self.server.auth, {n: AdmissionConfig.model_validate(c["admission"])
                                               for n, c in cold.items()})
         self._hub: Any = None
@@ -183,8 +191,11 @@ class Ingress:
             counts = await asyncio.to_thread(replica_counts, missing)
             warm = [n for n in missing if counts.get(n, (1, 1))[0] > 0]
             await asyncio.gather(*(self._probe(n, 1.0) for n in warm))
-        cards = [ModelCard(id=n, root=self.cards.get(n, {}).get("model"),
-                           max_model_len=self.cards.get(n, {}).get("max_model_len")) for n in self.models]
+        cards = []
+        for n in self.models:
+            max_len = self.cards.get(n, {}).get("max_model_len")
+            cards.append(ModelCard(id=n, root=self.cards.get(n, {}).get("model"), max_model_len=max_len))
+            cards += [ModelCard(**a, max_model_len=max_len) for a in self.adapter_cards[n]]
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
@@ -195,12 +206,18 @@ class Ingress:
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, CompletionRequest, "completion")
 
+    @app.post("/v1/embeddings", openapi_extra=request_body(EmbeddingRequest))
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, EmbeddingRequest, "embed")
+
     def _start(self, model: str, kind: str, stream: bool, req: Any) -> Any:
         """A call to the model's deployment (Serve picks the replica; a retry may land on another)."""
-        h = (self.streams if stream else self.models)[model]
-        if stream:
-            return (h.chat_stream if kind == "chat" else h.completion_stream).remote(req)
-        return (h.chat if kind == "chat" else h.completion).remote(req)
+        return getattr((self.streams if stream else self.models)[model], METHODS[(kind, stream)]).remote(req)
+
+    def _check_task(self, model: str, kind: str) -> None:
+        if (kind == "embed") != (self.cold[model].get("task") == "embed"):
+            what = "embeddings" if kind == "embed" else "chat or text completions"
+            raise bad_request(f"Model `{model}` does not support {what}.", "model", "model_not_supported")
 
     def _retried(self, model: str) -> Any:
         def note(e: BaseException) -> None:
@@ -219,8 +236,10 @@ class Ingress:
                 req = schema.model_validate(data)
             except ValidationError as e:
                 raise to_error(e) from None
-            handle = self._handle(req.model, stream=req.stream)  # unknown model -> 404
-            model, cold = req.model, self._is_cold(req.model)
+            model = resolve_model(req.model, self.adapters).base  # unknown model or adapter -> 404
+            handle = self._handle(model, stream=req.stream)
+            self._check_task(model, kind)
+            cold = self._is_cold(model)
             # per-key rate limit, then the model's bounded queue (capacity: running replicas x max_num_seqs)
             ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],
                                       self.cards.get(model, {}).get("max_model_len"))
@@ -248,7 +267,8 @@ class Ingress:
     async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
                           ticket: Pass) -> Response:
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
-        name, cfg, gate = req.model, self.cold[req.model], self.gates[req.model]
+        name = resolve_model(req.model, self.adapters).base
+        cfg, gate = self.cold[name], self.gates[name]
         expected = self.start_estimate[name]
         if not gate.try_hold():
             ticket.done(0)
@@ -257,11 +277,11 @@ class Ingress:
                                    "too_many_held_requests", retry_after_s(expected, 0))
         t0 = time.monotonic()
         if req.stream:
-            gen = (handle.chat_stream if kind == "chat" else handle.completion_stream).remote(req)
+            gen = getattr(handle, METHODS[(kind, True)]).remote(req)
             first = asyncio.ensure_future(gen.__anext__())
             return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s, ticket),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        call = (handle.chat if kind == "chat" else handle.completion).remote(req)
+        call = getattr(handle, METHODS[(kind, False)]).remote(req)
         task = asyncio.ensure_future(awaited(call))
         try:
             while not task.done() and self.counts.get(name, (0, 0))[0] == 0:

@@ -50,6 +50,17 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
     return env
 
 
+def cluster_env(names: list[str]) -> dict[str, str | None]:
+    """The variables as Ray's worker processes on the connected cluster see them (inherited from `ray start`)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def read(keys: list[str]) -> dict[str, str | None]:
+        return {k: os.environ.get(k) for k in keys}
+
+    return ray.get(read.remote(names), timeout=120)
+
+
 def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start a local one bound to 127.0.0.1.
 
@@ -64,6 +75,10 @@ def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None 
         from .sdk.handle import connect
 
         connect(address)  # with Ray's auth token, which Ray 2.60 sends by itself only for address="auto"
+        # Whether the cluster's replicas serve HTTP themselves comes from how its Ray was started, not from
+        # this process: deploy() must not put Serve's proxy on the public port when they do.
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = cluster_env(["RAY_SERVE_ENABLE_DIRECT_INGRESS"]).get(
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS") or "0"
         return False
     os.environ.update(serve_env(cfg))  # the local raylet, and so every worker, inherits these
     ray.init(

@@ -178,6 +178,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=now)
     owned_by: str = "tide"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (as vLLM lists adapters)
     max_model_len: int | None = None
 
 

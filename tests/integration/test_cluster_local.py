@@ -9,6 +9,13 @@ one-line refusal when no sshd answers. This test runs the part after `ray up`: t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
 import pytest
 import yaml
 
@@ -51,3 +58,27 @@ def test_tide_deploy_status_and_update_on_a_ray_start_cluster(ray_head):
     with TideClient(f"http://127.0.0.1:{http_port}") as c:
         assert c.complete("tiny", "x", max_tokens=2).usage.completion_tokens >= 1
 
+
+
+def test_serve_run_of_a_tide_build_file_serves_the_same_app(ray_head):
+    """`tide build` output deployed by Ray's own `serve run` (what KubeRay's RayService does with serveConfigV2)."""
+    address, models, http_port = ray_head
+    built = models.with_name("serve.yaml")
+    r = _tide("build", str(models), "-o", str(built))
+    assert r.returncode == 0, r.stderr
+    env = {**os.environ, "RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").is_file() else None
+    run = subprocess.run([str(Path(sys.executable).with_name("serve")), "run", str(built), "--address", address,
+                          "--non-blocking"], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    out = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3}, timeout=60)
+    assert out.status_code == 200, out.text
+    assert out.json()["usage"]["completion_tokens"] == 3

@@ -8,7 +8,10 @@ import pytest
 
 def test_models_lists_the_configured_models(client, tide_config):
     models = client.models.list()
-    assert [m.id for m in models.data] == [m.name for m in tide_config.models]
+    expected = []
+    for m in tide_config.models:  # each model, then its LoRA adapters as `model:adapter`
+        expected += [m.name] + [f"{m.name}:{a}" for a in sorted(m.lora.adapters if m.lora else [])]
+    assert [m.id for m in models.data] == expected
 
 
 def test_health_reports_every_engine_ready(tide_url, model_name):

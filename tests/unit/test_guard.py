@@ -149,3 +149,14 @@ def test_prompt_chars_for_chat_and_completion():
     assert prompt_chars(chat("abcd")) == 4
     assert prompt_chars(CompletionRequest(model="m", prompt=["ab", "cde"])) == 5
     assert prompt_chars(CompletionRequest(model="m", prompt=[1, 2, 3])) == 12  # ids count as ~4 chars each
+
+
+def test_embedding_requests_are_charged_for_their_inputs_only():
+    from serving.embeddings import EmbeddingRequest
+
+    req = EmbeddingRequest(model="m", input=["abcd" * 10, "ab"])
+    assert prompt_chars(req) == 42
+    g, _ = make([key(tokens_per_minute=100)])
+    k = g.check_key("/v1/embeddings", {"authorization": "Bearer sk-alice"})
+    p = g.admit("m", k, req, capacity=1, max_model_len=256)  # ceil(42 / 4) = 11 tokens, no completion part
+    assert p.headers["x-ratelimit-remaining-tokens"] == "89"
