@@ -205,7 +205,7 @@ def decide_load(
         since = st.setdefault("up_since", now)
         if now - since >= cfg.upscale_delay_s:
             target = min(need, current + cfg.max_step_up)
-            _learn_from_reversal(st, now, current, target, start_s)
+            _learn_from_reversal(st, now, current, target, start_s, cfg)
             return out(target, Action.UP, f"demand {demand:.0f} (projected {projected:.0f} in {start_s:.0f}s), "
                                           f"{queue_per_replica:.1f} waiting/replica, KV {kv_mean:.0%} -> {target} replicas")
         st.pop("down_since", None)
@@ -217,6 +217,7 @@ def decide_load(
         st.setdefault("first_seen", now)
         idle = now - st.get("last_busy", st["first_seen"])
         if idle >= cfg.scale_to_zero_idle_s:
+            st.pop("last_down", None)  # waking from zero later is no verdict on that scale-down
             return out(0, Action.ZERO, f"idle for {idle:.0f}s")
 
     # Scale-down: smoothed demand fits in one replica fewer at downscale_utilization, for long enough. Where a
@@ -238,7 +239,8 @@ def decide_load(
     return out(current, Action.HOLD, f"demand {demand:.0f} within {current} replica(s){why}")
 
 
-def _learn_from_reversal(st: dict[str, Any], now: float, current: int, target: int, start_s: float) -> None:
+def _learn_from_reversal(st: dict[str, Any], now: float, current: int, target: int, start_s: float,
+                         cfg: PolicyConfig) -> None:
     """A scale-up that undoes the last scale-down within one replica start proves that scale-down wrong.
 
     Why: the scale-down test assumes demand (requests in flight) stays the same when a replica goes, so that
@@ -258,11 +260,18 @@ def _learn_from_reversal(st: dict[str, Any], now: float, current: int, target: i
     kept 4% more replica-hours on the simulated 24 h day). Only that fleet size is affected, only for scale-down,
     and never beyond the configured test: a wrong lesson (a real ramp right after a scale-down) keeps at most one
     replica longer, while demand stays near the level it was taken at. Lessons are kept (a few numbers in the
-    state): one more reversal at a lower demand replaces one."""
+    state): one more reversal at a lower demand replaces one.
+
+    Only a marginal scale-down teaches: one taken at no less than half the configured limit, straight back up
+    from the size it went to. A scale-down taken while (nearly) idle that a new burst undoes says nothing about
+    what n - 1 replicas hold; learning from it would pin a limit near zero for good."""
     last = st.get("last_down")
     if last is None or current >= last[1] or target < last[1] or now - last[0] > start_s:
         return
     st.pop("last_down", None)
+    n = int(last[1])
+    if current != n - 1 or last[2] < 0.5 * (n - 1) * cfg.replica_capacity * cfg.downscale_utilization:
+        return
     overflowed = dict(st.get("overflowed") or {})
     overflowed[str(int(last[1]) - 1)] = float(last[2])
     st["overflowed"] = overflowed

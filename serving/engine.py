@@ -143,7 +143,15 @@ class LLMServer:
                     await self.engine.add_lora(lora_request(self.cfg.lora, a, self.cfg.name))
                 logger.info("loaded LoRA adapters %s on %s", self.adapters[self.cfg.name], self.cfg.name)
             self._adapters_loaded = asyncio.ensure_future(load_all())
-        await asyncio.shield(self._adapters_loaded)
+        task = self._adapters_loaded
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._adapters_loaded is task:  # failed: the next health check (or adapter request) tries again
+                self._adapters_loaded = None
+            raise
 
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
@@ -204,7 +212,8 @@ class LLMServer:
     async def _whole(self, req: _Request) -> bytes:
         self._ensure_pusher()
         prompts, params, renderer, lora = self._prepare(req)
-        await self._load_adapters()
+        if lora is not None:  # base-model requests never wait for (or fail with) the adapters
+            await self._load_adapters()
         try:
             async for i, out in self._generate(prompts, params, renderer.request_id, lora):
                 renderer.add(i, out)
@@ -216,7 +225,8 @@ class LLMServer:
     async def _stream(self, req: _Request) -> AsyncIterator[str]:
         self._ensure_pusher()
         prompts, params, renderer, lora = self._prepare(req)  # errors here reach the ingress before any byte
-        await self._load_adapters()
+        if lora is not None:
+            await self._load_adapters()
         yield renderer.start()
         gap_s = self.cfg.stream_batch_ms / 1000.0
         try:

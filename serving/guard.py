@@ -19,6 +19,9 @@ from .errors import TideError
 from .ratelimit import Allowed, Limited, Limits, RateLimiter, estimate_tokens, rate_limited, ratelimit_headers
 
 Clock = Callable[[], float]
+# Completion tokens charged on arrival for a request without max_tokens (settled with the real usage at the end):
+# charging the whole rest of a long context would refuse every such request of a key with a modest limit.
+UNSET_MAX_TOKENS_CHARGE = 1024
 
 
 @dataclass
@@ -43,6 +46,11 @@ class Pass:
         if not self._finished:
             self._finished = True
             self._done(used_tokens)
+
+    def failed(self, status: int) -> None:
+        """End a request that failed with `status`: refused by the replica (4xx) used no tokens; one cut short
+        (timeout, client gone, replica died) may have used some, so it keeps the estimate."""
+        self.done(None if status in (499, 504) or status >= 500 else 0)
 
     def __del__(self) -> None:
         # Safety net: a stream whose client left before its body started is never iterated, so its `finally`
@@ -89,6 +97,9 @@ class Guard:
         headers: dict[str, str] = {}
         if not limits.unlimited:
             wanted = req.requested_max_tokens() if hasattr(req, "requested_max_tokens") else 0  # 0: embeddings
+            if wanted is None:
+                rest = (max_model_len or UNSET_MAX_TOKENS_CHARGE) - math.ceil(prompt_chars(req) / 4)
+                wanted = max(0, min(UNSET_MAX_TOKENS_CHARGE, rest))
             estimate = estimate_tokens(prompt_chars(req), wanted, max_model_len, getattr(req, "n", 1))
             d = self.limiter.charge(key.name, limits, now, estimate)
             if isinstance(d, Limited):

@@ -256,10 +256,14 @@ class Ingress:
             gen, first = await open_stream(lambda: self._start(model, kind, True, req), deadline_s, retries, note)
         except Refused as r:
             return self._refused(model, r)
+        except asyncio.CancelledError:  # the client went away (direct ingress cancels the handler)
+            if ticket is not None:
+                ticket.done(None)
+            raise
         except Exception as e:
             err = to_error(e)
-            if ticket is not None:  # a request refused by the replica used no tokens; a cut-short one may have
-                ticket.done(None if err.status in (499, 504) or err.status >= 500 else 0)
+            if ticket is not None:
+                ticket.failed(err.status)
             return error_response(err)
         return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **ticket.headers})
@@ -280,7 +284,7 @@ class Ingress:
             gen = getattr(handle, METHODS[(kind, True)]).remote(req)
             first = asyncio.ensure_future(gen.__anext__())
             return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s, ticket),
-                                     media_type="text/event-stream", headers=SSE_HEADERS)
+                                     media_type="text/event-stream", headers={**SSE_HEADERS, **ticket.headers})
         call = getattr(handle, METHODS[(kind, False)]).remote(req)
         task = asyncio.ensure_future(awaited(call))
         try:
@@ -299,8 +303,9 @@ class Ingress:
         try:
             body = await asyncio.wait_for(task, max(deadline_s - (time.monotonic() - t0), 0.001))
         except Exception as e:
-            ticket.done(None)
-            return error_response(to_error(e))
+            err = to_error(e)
+            ticket.failed(err.status)
+            return error_response(err)
         ticket.done(body_usage(body))
         return Response(body, media_type="application/json", headers=ticket.headers)
 
@@ -318,6 +323,7 @@ class Ingress:
                     err = TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in "
                                     f"{retry_after_s(self.start_estimate[name], waited)}s.", 503,
                                     "service_unavailable_error", None, "cold_start_timeout")
+                    ticket.done(0)  # nothing was generated
                     yield error_event(err.body())
                     return
                 yield f": waiting for a replica of {name} ({waited:.0f}s)\n\n"
@@ -327,7 +333,9 @@ class Ingress:
             try:
                 chunk = first.result()
             except Exception as e:
-                yield error_event(to_error(e).body())
+                err = to_error(e)
+                ticket.failed(err.status)
+                yield error_event(err.body())
                 return
             async for c in forward(chunk, gen, max(deadline_s - (time.monotonic() - t0), 0.001), ticket.done):
                 yield c

@@ -81,13 +81,20 @@ def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None 
             "RAY_SERVE_ENABLE_DIRECT_INGRESS") or "0"
         return False
     os.environ.update(serve_env(cfg))  # the local raylet, and so every worker, inherits these
-    ray.init(
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        num_cpus=num_cpus or os.cpu_count(),
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # ... but not raw API keys: they are hashed in this process (build_app); no Ray process may inherit them.
+    keys_var = cfg.server.auth.keys_env
+    raw_keys = os.environ.pop(keys_var, None) if keys_var else None
+    try:
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            num_cpus=num_cpus or os.cpu_count(),
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    finally:
+        if raw_keys is not None:
+            os.environ[keys_var] = raw_keys
     # This driver calls handles from sync code too (SDK, tests): its own router needs a loop of its own.
     os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
     return True

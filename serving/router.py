@@ -79,9 +79,11 @@ def request_prompt(method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) 
     if req is None:
         return None
     get = req.get if isinstance(req, Mapping) else lambda k: getattr(req, k, None)
-    if get("messages") is not None:
-        return chat_prompt(get("messages"))
-    return completion_prompt(get("prompt"))
+    prompt = chat_prompt(get("messages")) if get("messages") is not None else completion_prompt(get("prompt"))
+    model = get("model")
+    if isinstance(model, str) and ":" in model and isinstance(prompt, str):
+        prompt = f"[{model}]{prompt}"  # vLLM's prefix cache is per LoRA adapter: `base:a` shares nothing with base
+    return prompt
 
 
 def queue_lengths(replicas: Iterable[R], key: Callable[[R], Hashable],

@@ -160,3 +160,17 @@ def test_embedding_requests_are_charged_for_their_inputs_only():
     k = g.check_key("/v1/embeddings", {"authorization": "Bearer sk-alice"})
     p = g.admit("m", k, req, capacity=1, max_model_len=256)  # ceil(42 / 4) = 11 tokens, no completion part
     assert p.headers["x-ratelimit-remaining-tokens"] == "89"
+
+
+def test_without_max_tokens_the_charge_is_capped_and_failures_settle_by_status():
+    g, _ = make([key(tokens_per_minute=10_000)])
+    k = g.check_key("/v1/completions", {"authorization": "Bearer sk-alice"})
+    req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x" * 40}])  # no max_tokens
+    p = g.admit("m", k, req, capacity=1, max_model_len=32_768)  # 10 prompt + 1024, not the 32k context
+    assert p.headers["x-ratelimit-remaining-tokens"] == str(10_000 - 10 - 1024)
+    p.failed(400)  # refused by the replica: everything comes back
+    p2 = g.admit("m", k, req, capacity=1, max_model_len=32_768)
+    assert p2.headers["x-ratelimit-remaining-tokens"] == str(10_000 - 10 - 1024)
+    p2.failed(504)  # cut short: the estimate stays charged
+    p3 = g.admit("m", k, req, capacity=1, max_model_len=32_768)
+    assert int(p3.headers["x-ratelimit-remaining-tokens"]) < 10_000 - 2 * (10 + 1024) + 5

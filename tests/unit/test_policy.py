@@ -334,3 +334,30 @@ def test_a_scale_down_followed_by_a_late_ramp_teaches_nothing():
         d = decide_load(float(t), n, Load(demand=60.0 + 3 * (t - 200), reporting=n), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
     assert n >= 2 and not state.get("overflowed")
+
+
+def test_an_idle_scale_down_undone_by_a_new_burst_teaches_nothing():
+    """A scale-down taken at ~0 demand, then a burst within one start time: no limit near zero is learned."""
+    cfg = PolicyConfig(min_replicas=1, max_replicas=4, replica_capacity=32, upscale_delay_s=0)
+    state, n = None, 2
+    for t in range(40):  # idle: 2 -> 1
+        d = decide_load(float(t), n, Load(demand=0.0, reporting=n), cfg, state, start_s=90.0)
+        state, n = d.state, d.replicas
+    assert n == 1
+    d = decide_load(41.0, n, Load(demand=60.0, reporting=n), cfg, state, start_s=90.0)  # burst: back up
+    state, n = d.state, d.replicas
+    assert n > 1 and not state.get("overflowed")
+    for t in range(42, 400):  # the burst ends: the fleet may go down again as configured
+        d = decide_load(float(t), n, Load(demand=5.0, reporting=n), cfg, state, start_s=90.0)
+        state, n = d.state, d.replicas
+    assert n == 1
+
+
+def test_scale_to_zero_forgets_the_last_scale_down():
+    cfg = PolicyConfig(min_replicas=0, max_replicas=4, replica_capacity=32, upscale_delay_s=0,
+                       scale_to_zero_idle_s=5)
+    state, n = None, 2
+    for t in range(60):
+        d = decide_load(float(t), n, Load(demand=0.0, reporting=max(n, 1)), cfg, state, start_s=90.0)
+        state, n = d.state, d.replicas
+    assert n == 0 and "last_down" not in state

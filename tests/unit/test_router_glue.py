@@ -245,3 +245,12 @@ def test_gone_replicas_are_forgotten():
         router.on_replica_actor_died(survivor[0].replica_id)
         assert len(router.prefix) == 0
     run(go)
+
+
+def test_adapter_requests_do_not_share_prefixes_with_the_base_model():
+    from serving.router import request_prompt
+
+    msgs = [{"role": "system", "content": "You are helpful." * 20}]
+    base = request_prompt("chat", [{"model": "tiny", "messages": msgs}], {})
+    adapted = request_prompt("chat", [{"model": "tiny:sql", "messages": msgs}], {})
+    assert isinstance(base, str) and adapted == "[tiny:sql]" + base
