@@ -208,6 +208,12 @@ class TideConfig(_Strict):
             if m.name in seen:
                 raise ValueError(f"model name {m.name!r} appears twice")
             seen.add(m.name)
+        deployments: dict[str, str] = {}
+        for m in self.models:
+            other = deployments.setdefault(deployment_name(m.name), m.name)
+            if other != m.name:
+                raise ValueError(f"model names {other!r} and {m.name!r} map to the same Serve deployment "
+                                 f"{deployment_name(m.name)!r}; rename one")
         clash = name_collisions(self.adapter_names())
         if clash:
             raise ValueError(f"adapter name(s) {', '.join(clash)} equal another model's name")
@@ -219,6 +225,11 @@ class TideConfig(_Strict):
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+
+def deployment_name(model_name: str) -> str:
+    """The Serve deployment of a model (Serve names allow fewer characters than model names)."""
+    return "model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
 
 
 def _format_error(path: str | Path, err: ValidationError) -> str:

@@ -303,8 +303,7 @@ def model_deployment(cfg: ModelConfig):
 APP_NAME = "tide"  # the Serve application Tide deploys
 
 
-def deployment_name(model_name: str) -> str:
-    return "model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)
+from .config import deployment_name  # noqa: E402 - re-exported: callers import it from here
 
 
 __all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name", "TideError"]

@@ -65,3 +65,8 @@ def test_autoscaling_bounds_come_from_replicas():
                                     "autoscaling": {"replica_capacity": 8}}]})
     p = cfg.models[0].policy_config()
     assert (p.min_replicas, p.max_replicas, p.replica_capacity) == (0, 3, 8)
+
+
+def test_model_names_that_map_to_one_serve_deployment_are_rejected():
+    with pytest.raises(ConfigError, match="same Serve deployment 'model-a_b'"):
+        parse_config({"models": [{"name": "a:b", "model": "x"}, {"name": "a_b", "model": "y"}]})
