@@ -13,16 +13,14 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import time
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from .config import ModelConfig
 from .embedding_model import resolve_model
-from .engine import LLMServer, _pin_cpu_threads
+from .engine import LLMServer, start_engine
 from .errors import bad_request, engine_dead
 from .protocol import OpenAIBase, new_id
 from .validation import Tokenizer
@@ -172,20 +170,7 @@ class EmbeddingServer:
     """One vLLM pooling engine. Same constructor, health, load and autoscaling hooks as `LLMServer`."""
 
     def __init__(self, model_config: dict[str, Any]):
-        self.cfg = ModelConfig.model_validate(model_config)
-        os.environ.update(self.cfg.env)
-        os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(self.cfg.replicas.engine_start_timeout_s)))
-        _pin_cpu_threads(self.cfg)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from .engine_stats import EngineStats
-
-        started = time.monotonic()
-        engine_args = {"runner": "pooling", **self.cfg.engine_args}
-        args = AsyncEngineArgs(model=resolve_model(self.cfg.model), served_model_name=self.cfg.name, **engine_args)
-        self.stats = EngineStats()
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: self.stats])
+        start_engine(self, model_config, resolve_model(model_config["model"]), {"runner": "pooling"})
         mc = self.engine.model_config
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = mc.max_model_len
@@ -193,7 +178,7 @@ class EmbeddingServer:
         self.embedding_size: int = mc.embedding_size
         self.matryoshka: bool = bool(mc.is_matryoshka)
         self.matryoshka_dims: list[int] | None = mc.matryoshka_dimensions
-        self.start_time_s = time.monotonic() - started
+        self.start_time_s = time.monotonic() - self.started_at
         logger.info("embedding engine for %s ready in %.1fs (max_model_len=%d, size=%d)", self.cfg.name,
                     self.start_time_s, self.max_model_len, self.embedding_size)
 

@@ -80,33 +80,40 @@ async def _merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, 
             t.cancel()
 
 
+def start_engine(server: Any, model_config: dict[str, Any], model: str, extra_args: dict[str, Any]) -> None:
+    """Give `server` (a generating or an embedding replica) its config, stats and vLLM AsyncLLM engine.
+
+    The replica's env and CPU pinning are applied first (vLLM reads them when its processes start);
+    `extra_args` go under the model's own `engine_args`, so an explicit setting there wins."""
+    server.cfg = cfg = ModelConfig.model_validate(model_config)
+    os.environ.update(cfg.env)
+    os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(cfg.replicas.engine_start_timeout_s)))
+    _pin_cpu_threads(cfg)
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from .engine_stats import EngineStats
+
+    server.started_at = time.monotonic()
+    args = AsyncEngineArgs(model=model, served_model_name=cfg.name, **{**extra_args, **cfg.engine_args})
+    server.stats = stats = EngineStats()
+    server.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: stats])
+
+
 class LLMServer:
     """One vLLM engine. Serve starts it per replica; `check_health` really asks the engine."""
 
     def __init__(self, model_config: dict[str, Any]):
-        self.cfg = ModelConfig.model_validate(model_config)
-        os.environ.update(self.cfg.env)
-        os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(self.cfg.replicas.engine_start_timeout_s)))
-        _pin_cpu_threads(self.cfg)
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from .engine_stats import EngineStats
-
         from vllm.platforms import current_platform
 
-        started = time.monotonic()
-        lora_args = engine_lora_args(self.cfg.lora, cpu=current_platform.is_cpu())
-        args = AsyncEngineArgs(model=self.cfg.model, served_model_name=self.cfg.name,
-                               **{**lora_args, **self.cfg.engine_args})
-        self.adapters = {self.cfg.name: sorted(self.cfg.lora.adapters) if self.cfg.lora else []}
+        lora = ModelConfig.model_validate(model_config).lora
+        start_engine(self, model_config, model_config["model"], engine_lora_args(lora, current_platform.is_cpu()))
+        self.adapters = {self.cfg.name: sorted(lora.adapters) if lora else []}
         self._adapters_loaded: asyncio.Task | None = None
-        self.stats = EngineStats()
-        self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: self.stats])
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
         self.vocab_size: int = self.engine.model_config.get_vocab_size()
-        self.start_time_s = time.monotonic() - started
+        self.start_time_s = time.monotonic() - self.started_at
         logger.info("engine for %s ready in %.1fs (max_model_len=%d)", self.cfg.name, self.start_time_s,
                     self.max_model_len)
 

@@ -47,6 +47,21 @@ def wait_port(port: int, timeout_s: float) -> None:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
+def wait_healthy(url: str, limit_s: float = 180.0) -> None:
+    """Until Tide's /health answers 200 (every engine ready), at most `limit_s`."""
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} did not become healthy within {limit_s:.0f}s")
+
+
 def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
     """examples/tiny.yaml on `http_port`, the model's fields updated with `model`."""
     data = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())

@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from .headnode import ray_head as start_head, tide as _tide
+from .headnode import ray_head as start_head, tide as _tide, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -71,14 +70,7 @@ def test_serve_run_of_a_tide_build_file_serves_the_same_app(ray_head):
                           "--non-blocking"], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    wait_healthy(url, 300)
     out = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 3}, timeout=60)
     assert out.status_code == 200, out.text
     assert out.json()["usage"]["completion_tokens"] == 3

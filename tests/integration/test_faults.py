@@ -18,6 +18,8 @@ import httpx
 import psutil
 import pytest
 
+from .headnode import wait_healthy
+
 pytestmark = pytest.mark.integration
 
 LONG = {"prompt": "go", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
@@ -48,16 +50,7 @@ def _seconds_until_idle(model: str, t0: float, limit: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
-def _wait_healthy(url: str, limit: float = 180.0) -> None:
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail("the cluster did not become healthy again")
+_wait_healthy = wait_healthy
 
 
 def test_stream_disconnect_aborts_in_engine_within_1s(tide_url, model_name):
