@@ -110,6 +110,11 @@ class PrefixRouter:
         self._remember(blocks, route.replica)
         return route
 
+    def record(self, prompt: str | Sequence[int], replica: ReplicaId) -> None:
+        """Note where `prompt` actually went. `choose` assumes its pick; Serve may send a request elsewhere
+        (the pick was full), and then this moves the prefix to the replica that really caches it."""
+        self._remember(prefix_blocks(prompt, self.cfg), replica)
+
     def _remember(self, blocks: list[int], replica: ReplicaId) -> None:
         for h in blocks:
             self._owner[h] = replica

@@ -221,7 +221,7 @@ async def abort_probe(s: aiohttp.ClientSession, url: str, model: str, stream: bo
 async def soak(url: str, args: argparse.Namespace) -> dict:
     outcomes: collections.Counter[str] = collections.Counter()
     aborts: dict[str, list[float]] = {"stream": [], "non-stream": []}
-    state = {"inflight": 0, "kill": None, "replaced_s": None, "probe_failures": 0}
+    state = {"inflight": 0, "kill": None, "replaced_s": None, "probe_failures": 0, "ingress_trace": []}
     stop = asyncio.Event()
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
@@ -270,15 +270,20 @@ async def soak(url: str, args: argparse.Namespace) -> dict:
                     pass  # the status page is not what is measured; keep asking
                 await asyncio.sleep(0.5)
 
+        ingress = [a["pid"] for a in await asyncio.to_thread(serve_actors) if a["role"] == "Ingress"]
+
         async def reporter() -> None:
             while not stop.is_set():
                 await asyncio.sleep(10)
                 told = sum(n for k, n in outcomes.items() if k.startswith("told"))
                 lost = sum(n for k, n in outcomes.items() if k.startswith("lost"))
                 probes = len(aborts["stream"]) + len(aborts["non-stream"])
-                print(f"[{time.monotonic() - t0:5.0f}s] sent {sum(outcomes.values()) + state['inflight']}, "
-                      f"ok {outcomes['ok']}, disconnected {outcomes['disconnected']}, told {told}, lost {lost}, "
-                      f"in flight {state['inflight']}, abort probes {probes}", flush=True)
+                sent = sum(outcomes.values()) + state["inflight"]
+                rss = rss_mb(ingress[0]) if ingress else None
+                state["ingress_trace"].append((round(time.monotonic() - t0, 1), sent, rss))
+                print(f"[{time.monotonic() - t0:5.0f}s] sent {sent}, ok {outcomes['ok']}, disconnected "
+                      f"{outcomes['disconnected']}, told {told}, lost {lost}, in flight {state['inflight']}, "
+                      f"abort probes {probes}, ingress RSS {rss or 0:.1f} MB", flush=True)
 
         t0 = time.monotonic()
         warm_at = min(20.0, args.duration / 4)
@@ -300,6 +305,17 @@ async def soak(url: str, args: argparse.Namespace) -> dict:
 
 
 # ---- report --------------------------------------------------------------------------------------------
+
+def kb_per_request(trace: list[tuple[float, int, float | None]], from_s: float) -> float | None:
+    """Least-squares slope of RSS (MB) over requests sent, from `from_s` on, in KB per request: growth that a
+    start/end pair would blur with warm-up and the replica kill."""
+    pts = [(n, r) for t, n, r in trace if t >= from_s and r is not None]
+    if len(pts) < 3:
+        return None
+    mx, my = sum(n for n, _ in pts) / len(pts), sum(r for _, r in pts) / len(pts)
+    var = sum((n - mx) ** 2 for n, _ in pts)
+    return sum((n - mx) * (r - my) for n, r in pts) / var * 1024 if var else None
+
 
 def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespace) -> str:
     o = res["outcomes"]
@@ -328,6 +344,14 @@ def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespa
         f = lambda v: f"{v:.0f}" if v else "-"  # noqa: E731
         note = " (killed)" if e is None else (" (replacement)" if s is None else "")
         lines.append(f"| {a['role']}{note} | {pid} | {f(s)} | {f(w)} | {f(e)} | {ratio} |")
+    trace = res.get("ingress_trace") or []
+    if trace:
+        quarter = [min(trace, key=lambda x: abs(x[0] - res["elapsed_s"] * q / 4)) for q in (1, 2, 3, 4)]
+        slope = kb_per_request(trace, res["elapsed_s"] / 2)
+        lines += ["", "| ingress RSS over the run | 25% | 50% | 75% | 100% | second half, KB per request |",
+                  "|---|---|---|---|---|---|",
+                  "| MB (requests sent) | " + " | ".join(f"{r or 0:.1f} ({n})" for _, n, r in quarter)
+                  + (f" | {slope:.2f} |" if slope is not None else " | - |")]
     lines += ["", "| abort latency (engine's unfinished count -> 0) | n | p50 ms | p99 ms | max ms |",
               "|---|---|---|---|---|"]
     for kind, xs in res["aborts"].items():
@@ -340,6 +364,21 @@ def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespa
     return "\n".join(lines)
 
 
+def with_arena_max(config: Path, arenas: int | None) -> Path:
+    """A copy of `config` (under OUT, model paths made absolute) with the ingress's MALLOC_ARENA_MAX set."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data.setdefault("server", {})["ingress_malloc_arena_max"] = arenas
+    for m in data["models"]:
+        local = (config.parent / m["model"]).resolve()
+        if local.exists():
+            m["model"] = str(local)
+    out = OUT / f"soak-arenas-{arenas or 'default'}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=ROOT / "benchmarks" / "soak.yaml")
@@ -350,8 +389,12 @@ def main() -> None:
     ap.add_argument("--probe-every", type=float, default=3.0, help="seconds between abort probes")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="client timeout per request (seconds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ingress-arena-max", type=int, default=None,
+                    help="override server.ingress_malloc_arena_max (0: glibc's default, the baseline)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.ingress_arena_max is not None:
+        args.config = with_arena_max(args.config, args.ingress_arena_max or None)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))

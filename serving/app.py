@@ -19,6 +19,10 @@ def build_app(cfg: TideConfig) -> Application:
         "max_ongoing_requests": 100_000,  # the ingress only forwards; backpressure lives at the models
         "ray_actor_options": {"num_cpus": cfg.server.ingress_num_cpus},
     }
+    if cfg.server.ingress_malloc_arena_max is not None:
+        # glibc reads it at process start, so it must be in the replica's environment, not set later.
+        arenas = str(cfg.server.ingress_malloc_arena_max)
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": {"MALLOC_ARENA_MAX": arenas}}
     if cfg.server.direct_ingress:
         options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,

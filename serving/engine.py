@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
 from .guard import usage_comment
+from .loopback import bind_replica_grpc_to_node
 from .lora import engine_lora_args, lora_request, resolve_model
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
@@ -85,6 +86,7 @@ def start_engine(server: Any, model_config: dict[str, Any], model: str, extra_ar
 
     The replica's env and CPU pinning are applied first (vLLM reads them when its processes start);
     `extra_args` go under the model's own `engine_args`, so an explicit setting there wins."""
+    bind_replica_grpc_to_node()  # before Serve starts this replica's gRPC server, after this constructor
     server.cfg = cfg = ModelConfig.model_validate(model_config)
     os.environ.update(cfg.env)
     os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(cfg.replicas.engine_start_timeout_s)))

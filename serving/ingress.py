@@ -27,6 +27,7 @@ from .errors import TideError, bad_request, error_body, model_not_found, to_erro
 from .faults import TIMEOUT_HEADER, request_deadline_s
 from .guard import Guard, Pass, Refused, body_usage
 from .lora import resolve_model
+from .loopback import bind_replica_grpc_to_node
 from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retry_response
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
@@ -63,6 +64,7 @@ class Ingress:
     """Routes by model name; holds one handle per model deployment."""
 
     def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any], cold: dict[str, dict]):
+        bind_replica_grpc_to_node()
         self.server = ServerConfig.model_validate(server)
         self.models = models
         self.streams = {name: h.options(stream=True) for name, h in models.items()}

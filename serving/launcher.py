@@ -15,6 +15,7 @@ import urllib.request
 from typing import Callable
 
 from .config import TideConfig
+from .loopback import loopback_only
 
 Printer = Callable[[str], None]
 
@@ -84,6 +85,7 @@ def start_ray(cfg: TideConfig, address: str | None = None, num_cpus: int | None 
     # ... but not raw API keys: they are hashed in this process (build_app); no Ray process may inherit them.
     keys_var = cfg.server.auth.keys_env
     raw_keys = os.environ.pop(keys_var, None) if keys_var else None
+    loopback_only()
     try:
         ray.init(
             _node_ip_address="127.0.0.1",

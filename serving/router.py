@@ -145,6 +145,14 @@ class TidePrefixRouter(LocalityMixin, MultiplexMixin, RequestRouter):
         logger.debug("route %s -> %s (%s)", pending_request.metadata.request_id, route.replica, route.reason)
         return ranked(route.replica, by_id)
 
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
+        """Serve accepted the request on `replica_id`, possibly not the one ranked first: its prefix lives there."""
+        if pending_request.metadata.multiplexed_model_id:
+            return
+        prompt = request_prompt(pending_request.metadata.call_method, pending_request.args, pending_request.kwargs)
+        if prompt is not None:
+            self.prefix.record(prompt, replica_id)
+
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         """Forget the prefixes of replicas that went away (scale-down, replacement)."""
         before = set(self._replica_id_set)

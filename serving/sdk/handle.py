@@ -47,7 +47,10 @@ def connect(address: str = "auto", **init_kwargs: Any) -> None:
     """Attach this process to a running Ray cluster (with its auth token), so `get_model` can find Tide."""
     import ray
 
+    from ..loopback import joining
+
     use_ray_token_auth()
+    joining(address)
     ray.init(address=address, log_to_driver=False, configure_logging=False, **init_kwargs)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import yaml
 
 from serving.launcher import free_port, serve_env
+from serving.loopback import LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +83,7 @@ def ray_head(data: dict[str, Any] | None = None) -> Iterator[Head]:
     models = tmp / "models.yaml"
     models.write_text(yaml.safe_dump(data))
     # As cluster/local.yaml's head starts Ray: Tide's Serve settings plus no port quarantine.
-    env = {**os.environ, **serve_env(load_config(models)), "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    env = {**os.environ, **serve_env(load_config(models)), **LOOPBACK_ENV, "RAY_SERVE_PORT_QUARANTINE_S": "0",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",

@@ -18,6 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from serving.loopback import LOOPBACK_ENV
+
 from .headnode import ray_head as start_head, tide as _tide, wait_healthy
 
 pytestmark = pytest.mark.integration
@@ -65,7 +67,9 @@ def test_serve_run_of_a_tide_build_file_serves_the_same_app(ray_head):
     built = models.with_name("serve.yaml")
     r = _tide("build", str(models), "-o", str(built))
     assert r.returncode == 0, r.stderr
-    env = {**os.environ, "RAY_AUTH_MODE": "token"} if (Path.home() / ".ray" / "auth_token").is_file() else None
+    env = {**os.environ, **LOOPBACK_ENV}  # Ray's own CLI, joining a loopback-only head, needs what its head had
+    if (Path.home() / ".ray" / "auth_token").is_file():
+        env["RAY_AUTH_MODE"] = "token"
     run = subprocess.run([str(Path(sys.executable).with_name("serve")), "run", str(built), "--address", address,
                           "--non-blocking"], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -100,6 +100,17 @@ def test_request_timeout_header(tide_url, model_name):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Request-Timeout"
 
 
+def test_ingress_process_runs_with_bounded_malloc_arenas(tide_url):
+    """The ingress's RSS stays flat only with few glibc arenas; the variable must be in its process environment."""
+    import ray
+
+    pids = [a["Pid"] for a in ray._private.state.actors(actor_state_name="ALIVE").values()
+            if a["ActorClassName"].endswith("Ingress")]
+    assert pids, "no live ingress replica"
+    for pid in pids:
+        assert psutil.Process(pid).environ().get("MALLOC_ARENA_MAX") == "2"
+
+
 def _replica_actor(model: str) -> str:
     """The name of the model's one replica actor (named actors need no dashboard, unlike ray.util.state)."""
     import ray

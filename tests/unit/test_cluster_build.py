@@ -59,6 +59,18 @@ def test_the_import_path_builds_the_app_from_the_args():
         builder({"models": [{"name": "a", "model": "x", "replicas": {"min": 3, "max": 2}}]})
 
 
+def test_ingress_replica_starts_with_bounded_malloc_arenas():
+    from serving.app import build_app
+
+    cfg = load_config(ROOT / "examples" / "tiny.yaml")
+    opts = build_app(cfg)._bound_deployment.ray_actor_options
+    assert opts["runtime_env"] == {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
+    cfg.server.ingress_malloc_arena_max = 4
+    assert build_app(cfg)._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]["MALLOC_ARENA_MAX"] == "4"
+    cfg.server.ingress_malloc_arena_max = None
+    assert "runtime_env" not in build_app(cfg)._bound_deployment.ray_actor_options
+
+
 def test_kuberay_manifest_embeds_a_valid_serve_config():
     cfg = load_config(ROOT / "examples" / "kuberay" / "models.yaml")
     svc = kuberay_service(cfg, "img:1")

@@ -254,3 +254,19 @@ def test_adapter_requests_do_not_share_prefixes_with_the_base_model():
     base = request_prompt("chat", [{"model": "tiny", "messages": msgs}], {})
     adapted = request_prompt("chat", [{"model": "tiny:sql", "messages": msgs}], {})
     assert isinstance(base, str) and adapted == "[tiny:sql]" + base
+
+
+def test_prefix_follows_the_replica_serve_actually_used():
+    async def go():
+        reps = [FakeReplica("a"), FakeReplica("b")]
+        router = make_router(reps)
+        await asyncio.sleep(0)
+        req = pending("completion", CompletionRequest(model="t", prompt=SYSTEM))
+        picked = (await router.choose_replicas(reps, req))[0][0]
+        other = next(r for r in reps if r is not picked)
+        router.on_request_routed(req, other.replica_id, None)  # the pick was full; Serve used the other
+        again = await router.choose_replicas(reps, pending("completion", CompletionRequest(model="t", prompt=SYSTEM)))
+        assert again[0] == [other]
+        router.on_request_routed(pending("info"), picked.replica_id, None)  # no prompt: nothing recorded
+        assert (await router.choose_replicas(reps, req))[0] == [other]
+    run(go)

@@ -99,3 +99,13 @@ def test_no_candidates_is_an_error_and_config_is_checked():
         RouterConfig(block_tokens=0)
     with pytest.raises(ValidationError, match="bogus"):
         RouterConfig(bogus=1)
+
+
+def test_record_moves_a_prefix_to_where_the_request_really_went():
+    r = PrefixRouter(RouterConfig(block_chars=4))
+    prompt = "abcdefghijklmnop"
+    first = r.choose(prompt, {"a": 0, "b": 0})
+    other = "b" if first.replica == "a" else "a"
+    r.record(prompt, other)  # Serve sent it elsewhere
+    again = r.choose(prompt, {"a": 0, "b": 0})
+    assert again.replica == other and again.matched_blocks == 4
