@@ -9,7 +9,9 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
+from pathlib import Path
 
 
 def main() -> None:
@@ -24,6 +26,10 @@ def main() -> None:
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from serving.loopback import loopback_only
+
+    loopback_only()  # Ray on 127.0.0.1 only, as for Tide (Serve LLM's own replica gRPC still binds [::])
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=os.cpu_count(), log_to_driver=False)
     cfg = LLMConfig(
         model_loading_config={"model_id": "tiny", "model_source": a.model},
