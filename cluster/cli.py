@@ -106,12 +106,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 # ---- tide deploy ----
-def _cluster_env(names: list[str]) -> dict[str, str | None]:
-    from serving.launcher import cluster_env
-
-    return cluster_env(names)
-
-
 def _gcs_unreachable(address: str, timeout_s: float = 5.0) -> str | None:
     """Why nothing answers at a `host:port` Ray address (None when it answers, or for `auto`/`ray://`)."""
     import socket
@@ -167,7 +161,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return _err(str(e), 2)
     import ray
 
-    from serving.launcher import DeployError, deploy, serve_env
+    from serving.launcher import DeployError, cluster_env, deploy, serve_env
 
     from .launch import port_quarantine_s
 
@@ -185,7 +179,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return _err(f"cannot connect to a Ray cluster at {address}: {first}")
     try:
         want = serve_env(cfg)
-        have = _cluster_env(sorted({*want, "RAY_SERVE_PORT_QUARANTINE_S", "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"}))
+        have = cluster_env(sorted({*want, "RAY_SERVE_PORT_QUARANTINE_S", "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"}))
         missing = [f"{k}={v}" for k, v in sorted(want.items()) if have.get(k) != v]
         if missing:
             _say("warning: this cluster's Ray was started without Tide's Serve settings: " + " ".join(missing))

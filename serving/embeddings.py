@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from .config import ModelConfig
 from .embedding_model import resolve_model
 from .engine import LLMServer, start_engine
 from .errors import bad_request, engine_dead
@@ -170,7 +171,8 @@ class EmbeddingServer:
     """One vLLM pooling engine. Same constructor, health, load and autoscaling hooks as `LLMServer`."""
 
     def __init__(self, model_config: dict[str, Any]):
-        start_engine(self, model_config, resolve_model(model_config["model"]), {"runner": "pooling"})
+        cfg = ModelConfig.model_validate(model_config)
+        start_engine(self, cfg, resolve_model(cfg.model), {"runner": "pooling"})
         mc = self.engine.model_config
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = mc.max_model_len

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from .config import ModelConfig
+from .config import ModelConfig, deployment_name  # deployment_name re-exported: callers import it from here
 from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
 from .guard import usage_comment
@@ -81,13 +81,13 @@ async def _merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, 
             t.cancel()
 
 
-def start_engine(server: Any, model_config: dict[str, Any], model: str, extra_args: dict[str, Any]) -> None:
+def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str, Any]) -> None:
     """Give `server` (a generating or an embedding replica) its config, stats and vLLM AsyncLLM engine.
 
     The replica's env and CPU pinning are applied first (vLLM reads them when its processes start);
     `extra_args` go under the model's own `engine_args`, so an explicit setting there wins."""
     bind_replica_grpc_to_node()  # before Serve starts this replica's gRPC server, after this constructor
-    server.cfg = cfg = ModelConfig.model_validate(model_config)
+    server.cfg = cfg
     os.environ.update(cfg.env)
     os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(cfg.replicas.engine_start_timeout_s)))
     _pin_cpu_threads(cfg)
@@ -108,9 +108,9 @@ class LLMServer:
     def __init__(self, model_config: dict[str, Any]):
         from vllm.platforms import current_platform
 
-        lora = ModelConfig.model_validate(model_config).lora
-        start_engine(self, model_config, model_config["model"], engine_lora_args(lora, current_platform.is_cpu()))
-        self.adapters = {self.cfg.name: sorted(lora.adapters) if lora else []}
+        cfg = ModelConfig.model_validate(model_config)
+        start_engine(self, cfg, cfg.model, engine_lora_args(cfg.lora, current_platform.is_cpu()))
+        self.adapters = {cfg.name: sorted(cfg.lora.adapters) if cfg.lora else []}
         self._adapters_loaded: asyncio.Task | None = None
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
@@ -310,9 +310,6 @@ def model_deployment(cfg: ModelConfig):
 
 
 APP_NAME = "tide"  # the Serve application Tide deploys
-
-
-from .config import deployment_name  # noqa: E402 - re-exported: callers import it from here
 
 
 __all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name", "TideError"]

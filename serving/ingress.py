@@ -247,7 +247,7 @@ class Ingress:
                                       self.cards.get(model, {}).get("max_model_len"))
             if cold:
                 t, ticket = ticket, None  # the held path owns the ticket from here
-                return await self._serve_cold(req, kind, handle, deadline_s, t)
+                return await self._serve_cold(model, req, kind, handle, deadline_s, t)
             retries, note = self.server.replica_retries, self._retried(model)
             if not req.stream:
                 body = await call_whole(lambda: self._start(model, kind, False, req), request, deadline_s,
@@ -270,10 +270,9 @@ class Ingress:
         return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **ticket.headers})
 
-    async def _serve_cold(self, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
+    async def _serve_cold(self, name: str, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
                           ticket: Pass) -> Response:
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
-        name = resolve_model(req.model, self.adapters).base
         cfg, gate = self.cold[name], self.gates[name]
         expected = self.start_estimate[name]
         if not gate.try_hold():

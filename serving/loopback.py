@@ -42,7 +42,7 @@ def joining(address: str | None) -> None:
     if address and "://" in address:
         return  # Ray Client: not a GCS address
     try:
-        found = get_ray_address_from_environment(address or "auto", None) if address in (None, "auto") else address
+        found = get_ray_address_from_environment("auto", None) if address in (None, "auto") else address
         parsed = parse_address(found) if found and found != "local" else None
     except Exception:
         return  # no cluster to find: ray.init says so itself
