@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -44,12 +45,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     say = progress_printer()
     say(f"starting Tide with {len(cfg.models)} model(s): {', '.join(m.name for m in cfg.models)}")
     owns_ray = start_ray(cfg, args.address)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: it is ignored in background jobs otherwise
-        signal.signal(sig, lambda *_: stop.set())
+    serving, stop = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        # While deploying, or a second Ctrl-C/SIGTERM while stopping: interrupt whatever is being waited for.
+        if not serving.is_set() or stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it is ignored in background jobs
+        signal.signal(sig, on_signal)
+    code = 0
     try:
         url = deploy(cfg, timeout_s=args.timeout, say=say)
         print(f"Tide is serving at {url}/v1  (OpenAI-compatible; Ctrl-C stops)", flush=True)
+        serving.set()
         while not stop.wait(1.0):
             pass
         say("stopping")
@@ -57,11 +67,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         say("stopping")
     except DeployError as e:
         say(f"error: {e}")
-        return 1
+        code = 1
     finally:
-        shutdown(owns_ray)
-        say("stopped")
-    return 0
+        try:
+            shutdown(owns_ray)
+            say("stopped")
+        except KeyboardInterrupt:  # engines still die with their replicas (serving/replica/reaper.py)
+            say("stopped without waiting for a clean shutdown")
+        if owns_ray:  # Ray's exit hooks would wait on the processes just stopped
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,9 +96,14 @@ def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str
 
     from .engine_stats import EngineStats
 
+    from .replica.reaper import start_reaper
+
     server.started_at = time.monotonic()
     args = AsyncEngineArgs(model=model, served_model_name=cfg.name, **{**extra_args, **cfg.engine_args})
     server.stats = stats = EngineStats()
+    # EngineCore and its workers are killed by the reaper if this replica dies without shutting them down.
+    if not hasattr(server, "reaper"):
+        server.reaper = start_reaper()
     server.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: stats])
 
 

@@ -36,8 +36,15 @@ class TideError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
+def printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode (lone surrogates from a client's JSON) as backslash escapes, so an
+    error that quotes client input can always be sent."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": printable(message), "type": type,
+                      "param": printable(param) if isinstance(param, str) else param, "code": code}}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> TideError:

@@ -6,6 +6,7 @@ the ingress module should hold only routes."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import Request
@@ -13,8 +14,10 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from .errors import TideError, bad_request
+from .validation import check_text
 
 _DRAIN_LIMIT = 64 * 1024 * 1024
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -41,12 +44,27 @@ async def read_json(request: Request, limit: int) -> Any:
     body = await request.body()
     if len(body) > limit:
         raise too_large
+    return parse_json_body(body)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 that says what is wrong: malformed JSON, bad UTF-8, NaN or
+    Infinity, an integer past Python's digit limit, nesting deeper than the parser's stack, or text that is
+    not valid Unicode (an escaped lone surrogate)."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise bad_request("The JSON body of your request is nested too deeply.", None, "invalid_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, over-long integer literals
         raise bad_request(f"We could not parse the JSON body of your request: {e}", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", None, "invalid_json")
+    if b"\\u" in body and _SURROGATE_ESCAPE.search(body):  # only an escape can spell a lone surrogate
+        check_text(data)
     return data
 
 

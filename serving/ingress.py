@@ -167,7 +167,8 @@ class Ingress:
     async def _status(self) -> tuple[dict[str, Any], dict[str, Any]]:
         counts, hub = await asyncio.gather(asyncio.to_thread(replica_counts, list(self.models)), self._hub_data())
         held = {n: g.held for n, g in self.gates.items()}
-        return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time()), hub
+        admitted = {n: (g.in_flight, g.limit) for n, g in self.guard.gates.items()}
+        return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time(), admitted), hub
 
     @app.get("/tide/status")
     async def status(self, request: Request) -> JSONResponse:
@@ -241,6 +242,8 @@ class Ingress:
             model = resolve_model(req.model, self.adapters).base  # unknown model or adapter -> 404
             handle = self._handle(model, stream=req.stream)
             self._check_task(model, kind)
+            if model not in self.counts:  # learn the running replicas before the first admission, not guess
+                self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
             cold = self._is_cold(model)
             # per-key rate limit, then the model's bounded queue (capacity: running replicas x max_num_seqs)
             ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],

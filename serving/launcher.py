@@ -163,19 +163,69 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def shutdown(owns_ray: bool) -> None:
-    """Tear down the Serve app (engines stop with their replicas) and Ray when we started it."""
+def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float = 3.0) -> None:
+    """Tear down the Serve app (engines stop with their replicas) and Ray when we started it.
+
+    On a cluster we only joined, Serve's shutdown is waited for in full. When this process owns Ray, every step
+    is bounded (Serve's own wait is 30 s per controller call, and it hangs outright once a signal to the whole
+    process group has taken the GCS down): Serve gets `serve_timeout_s`, Ray `ray_timeout_s`, then whatever of the
+    local Ray still runs is killed. Engines whose replica died first are killed by their reaper."""
+    import threading
+
     import ray
     from ray import serve
 
     from .hub import kill_hub
 
-    try:
-        serve.shutdown()
-        kill_hub()
-    finally:
-        if owns_ray and ray.is_initialized():
-            ray.shutdown()
+    def graceful() -> None:
+        try:
+            serve.shutdown()
+            kill_hub()
+        except Exception as e:  # noqa: BLE001 - Ray is stopped next either way
+            print(f"Serve did not shut down cleanly: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    if not owns_ray:
+        graceful()
+        return
+    if _local_ray_alive():
+        for step, limit in ((graceful, serve_timeout_s), (ray.shutdown, ray_timeout_s)):
+            t = threading.Thread(target=step, name=f"tide-stop-{step.__name__}", daemon=True)
+            t.start()
+            t.join(limit)
+    _kill_own_processes()
+
+
+def _local_ray_alive() -> bool:
+    """Whether the GCS and raylet this process started still run (a signal to our group may have ended them)."""
+    import psutil
+
+    names = set()
+    for c in psutil.Process().children():
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE:
+                names.add(c.name())
+        except psutil.Error:
+            pass
+    return {"gcs_server", "raylet"} <= names
+
+
+def _kill_own_processes(grace_s: float = 1.5) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, every process below this one (the local Ray we started)."""
+    import psutil
+
+    procs = psutil.Process().children(recursive=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def progress_printer(stream=sys.stderr) -> Printer:

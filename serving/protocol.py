@@ -17,7 +17,7 @@ MAX_N = 16  # more choices per request than this is almost always a client bug; 
 
 
 class OpenAIBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 # ---- requests ----------------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class ModelList(BaseModel):
 class _Response(BaseModel):
     """What every completion response and chunk starts with. Strict, so tests catch stray fields."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     id: str
     created: int
     model: str

@@ -16,8 +16,10 @@ def _deployment(model: str) -> str:
 
 
 def fleet_status(models: list[str], counts: Mapping[str, tuple[int, int]], hub: Mapping[str, Any],
-                 held: Mapping[str, int], expected_start_s: Mapping[str, float], now: float) -> dict[str, Any]:
-    """Per model: state, desired/running/total replicas, held requests, queue depth, tokens/s, TTFT p50."""
+                 held: Mapping[str, int], expected_start_s: Mapping[str, float], now: float,
+                 admitted: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Per model: state, desired/running/total replicas, held requests, queue depth, tokens/s, TTFT p50, and
+    from `admitted` (model -> (in flight, limit) at this ingress) the bounded queue's fill."""
     replicas = hub.get("replicas", {})
     decisions = hub.get("decisions", {})
     out: dict[str, Any] = {}
@@ -31,6 +33,8 @@ def fleet_status(models: list[str], counts: Mapping[str, tuple[int, int]], hub: 
             "running": running,
             "replicas": total,
             "held": held.get(name, 0),
+            **({"in_flight": admitted[name][0], "admit_limit": admitted[name][1]}
+               if admitted and name in admitted else {}),
             "expected_start_s": round(expected_start_s.get(name, 0.0), 1),
             **model_status(snaps),
             "last_decision": None if not decision else {k: decision[k] for k in ("action", "reason", "time")},

@@ -11,8 +11,9 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import ValidationError
 
-from ..errors import from_validation_error
+from ..errors import TideError, from_validation_error
 from ..protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionRequest
+from ..validation import check_text
 from .errors import BadRequest, TideAPIError, from_stream_error
 
 Kind = Literal["chat", "completion"]
@@ -22,8 +23,12 @@ DONE = "[DONE]"
 def build_request(kind: Kind, model: str, stream: bool, **fields: Any) -> ChatCompletionRequest | CompletionRequest:
     """Validate the caller's arguments into the protocol request; a bad field raises `BadRequest` naming it."""
     schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    data = {**fields, "model": model, "stream": stream}
     try:
-        return schema.model_validate({**fields, "model": model, "stream": stream})
+        check_text(data)  # text no tokenizer (nor JSON's UTF-8) can take
+        return schema.model_validate(data)
+    except TideError as err:
+        raise BadRequest(err.message, 400, err.type, err.param, err.code) from None
     except ValidationError as e:
         err = from_validation_error(e)
         raise BadRequest(err.message, 400, err.type, err.param, err.code) from None

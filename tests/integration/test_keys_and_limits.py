@@ -8,6 +8,7 @@ without keys. One key comes from the config (as a SHA-256 digest, 3 requests/min
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,7 +40,7 @@ def served():
     data["server"]["auth"] = {"keys": [{"name": "limited", "sha256": hash_key(LIMITED_KEY),
                                         "requests_per_minute": 3}]}
     m = data["models"][0]
-    m["engine_args"]["max_num_seqs"] = 1  # one request runs at a time ...
+    m["engine_args"].update(max_num_seqs=1, max_model_len=2048)  # one request runs at a time ...
     m["admission"] = {"max_queued": 1}  # ... one more may wait; the rest get 429
     with ray_head(data) as head:
         # `tide deploy` hashes $TIDE_API_KEYS where it runs; the app then serves on the cluster
@@ -96,23 +97,50 @@ def test_per_key_request_limit_gives_429_with_retry_after(served):
                       timeout=60).status_code == 200
 
 
+def _status(url: str, hdrs: dict[str, str]) -> dict:
+    return httpx.get(f"{url}/tide/status", headers=hdrs, timeout=30).json()["models"]["tiny"]
+
+
 def test_past_the_bounded_queue_requests_get_429_and_admitted_ones_finish(served):
+    """Capacity 1 (one replica, max_num_seqs 1) + queue 1. The overlap is proven, not hoped for: the burst is sent
+    only once a first request streams in the engine, and every 429 must come back before that request ends."""
     url, _ = served
     hdrs = {"Authorization": f"Bearer {ENV_KEY}"}
+    first_chunk = threading.Event()
+    first: dict = {}
 
-    def send(_: int) -> httpx.Response:
-        return httpx.post(f"{url}/v1/completions", json=LONG, headers=hdrs, timeout=180)
+    def stream_first() -> None:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "max_tokens": 2000, "stream": True},
+                          headers=hdrs, timeout=180) as r:
+            lines = []
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    first_chunk.set()
+                lines.append(line)
+        first.update(status=r.status_code, lines=[x for x in lines if x], ended=time.monotonic())
+
+    def send(_: int) -> tuple[httpx.Response, float]:
+        r = httpx.post(f"{url}/v1/completions", json=LONG, headers=hdrs, timeout=180)
+        return r, time.monotonic()
 
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(send, range(6)))
-    codes = sorted(r.status_code for r in results)
-    assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429}, codes
-    for r in results:
+        running = pool.submit(stream_first)
+        assert first_chunk.wait(60), "the first request never started streaming"
+        sent = time.monotonic()
+        burst = list(pool.map(send, range(5)))
+        running.result()
+    assert first["status"] == 200 and first["lines"][-1] == "data: [DONE]"
+    rejected = [t for r, t in burst if r.status_code == 429]
+    assert all(t < first["ended"] for t in rejected), ("a 429 came after the first request ended: no overlap",
+                                                       sent, rejected, first["ended"])
+    codes = sorted(r.status_code for r, _ in burst)
+    assert codes == [200, 429, 429, 429, 429], [r.text[:200] for r, _ in burst]  # one waits in the queue
+    for r, _ in burst:
         if r.status_code == 429:
             assert _error(r)["code"] == "model_overloaded"
             assert 1 <= int(r.headers["retry-after"]) <= 60
         else:
-            assert r.json()["usage"]["completion_tokens"] == 400  # admitted requests finish in full
+            assert r.json()["usage"]["completion_tokens"] == 400  # the queued request finishes in full
     deadline = time.monotonic() + 10  # the ingress pushes its counts to the stats hub every 0.5 s
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{url}/metrics", headers=hdrs, timeout=30).text
@@ -121,6 +149,7 @@ def test_past_the_bounded_queue_requests_get_429_and_admitted_ones_finish(served
         time.sleep(0.5)
     assert 'reason="queue_full"' in metrics and 'reason="unauthorized"' in metrics
     # the queue drained: a new request is admitted again
+    assert _status(url, hdrs)["in_flight"] == 0
     assert httpx.post(f"{url}/v1/completions", json={**LONG, "max_tokens": 2}, headers=hdrs,
                       timeout=60).status_code == 200
 

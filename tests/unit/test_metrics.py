@@ -113,3 +113,9 @@ def test_metrics_text_skips_replicas_of_unknown_models():
     fams = _families(metrics_text(st, hub))
     assert not fams["vllm:num_requests_running"].samples
     assert fams["tide_replicas_running"].samples[0].value == 1
+
+
+def test_fleet_status_shows_the_bounded_queue_fill_only_where_the_ingress_knows_it():
+    st = fleet_status(["a", "b"], {"a": (1, 1), "b": (1, 1)}, {}, {}, {}, now=0.0, admitted={"a": (3, 66)})
+    assert st["models"]["a"]["in_flight"] == 3 and st["models"]["a"]["admit_limit"] == 66
+    assert "in_flight" not in st["models"]["b"]
