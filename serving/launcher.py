@@ -181,7 +181,7 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
         try:
             serve.shutdown()
             kill_hub()
-        except Exception as e:  # noqa: BLE001 - Ray is stopped next either way
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - Ray is stopped next (Ray raises SystemExit then)
             print(f"Serve did not shut down cleanly: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
     if not owns_ray:

@@ -44,12 +44,32 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
         (json.dumps({**CHAT, "max_tokens": 100000}), 400, "max_tokens"),
         (json.dumps({**CHAT, "n": 2, "temperature": 0}), 400, None),
         (json.dumps({k: v for k, v in CHAT.items() if k != "model"}), 400, "model"),
+        # text and bytes that break parsers and encoders below the schema (issue 14)
+        (json.dumps({**CHAT, "messages": [{"role": "user", "content": "\u0000\ud800"}]}), 400,
+         "messages[0].content"),
+        ("[" * 100_000 + "]" * 100_000, 400, None),
+        (json.dumps({**CHAT, "stop": ["\udfff"]}), 400, "stop[0]"),
+        (json.dumps({**CHAT, "model": "\ud800"}), 400, "model"),
+        (json.dumps({**CHAT, "\udc00": 1}), 400, "\\udc00"),
+        (json.dumps({**CHAT, "temperature": float("nan")}), 400, None),
+        (json.dumps({**CHAT, "temperature": 2.0}).replace("2.0", "1e999"), 400, "temperature"),  # parses as inf
+        ('{"model": "tiny", "messages": [], "max_tokens": 1' + "0" * 5000 + "}", 400, None),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff"}]}', 400, None),
     ],
 )
 def test_bad_chat_requests(tide_url, body, status, param):
     code, resp = post(tide_url, body)
     assert_openai_error(resp, status, code)
     assert resp["error"]["param"] == param
+
+
+def test_lone_surrogates_in_completions_and_embeddings(tide_url):
+    for path, body in (("/v1/completions", {"model": "tiny", "prompt": "a\ud800b", "max_tokens": 2}),
+                       ("/v1/completions", {"model": "tiny", "prompt": "x", "stream": True, "stop": "\udbff"}),
+                       ("/v1/embeddings", {"model": "minilm", "input": ["fine", "\udc00"]})):
+        code, resp = post(tide_url, json.dumps(body), path)
+        assert_openai_error(resp, 400, code)
+        assert resp["error"]["code"] == "invalid_unicode", resp
 
 
 def test_prompt_longer_than_context(tide_url):
@@ -83,7 +103,8 @@ def test_streaming_bad_request_is_plain_4xx_not_a_broken_stream(client):
 
 
 def test_replica_keeps_serving_after_bad_input(client, tide_url):
-    for body in ["{", json.dumps({**CHAT, "max_tokens": 0}), json.dumps({"model": "tiny", "prompt": "a " * 5000})]:
+    for body in ["{", json.dumps({**CHAT, "max_tokens": 0}), json.dumps({"model": "tiny", "prompt": "a " * 5000}),
+                 "[" * 100_000, json.dumps({**CHAT, "messages": [{"role": "user", "content": "\ud800"}]})]:
         post(tide_url, body)
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
                                        max_tokens=3)

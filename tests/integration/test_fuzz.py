@@ -195,3 +195,101 @@ def test_fuzz(raw_schema, api_schema, deadline, operation, mode):
         # schema-valid bodies must reach the engine; some are still refused by rules the schema cannot state
         # (an empty prompt, token ids outside the vocabulary, lone surrogates that no tokenizer takes)
         assert statuses[200] >= 1, f"no schema-valid case was answered: {dict(statuses)} {dict(reasons)}"
+
+
+# ---- byte-level mutations of schema-valid bodies -------------------------------------------------------------
+# The schema cannot express what breaks parsers and encoders below it: escaped lone surrogates (valid JSON, not
+# valid Unicode), nesting deeper than a recursive parser's stack, NaN/Infinity literals, integer literals past
+# Python's digit limit, bytes that are not UTF-8, bodies cut short. Each mutation is applied to a body the schema
+# accepts; every answer must still be < 500 and, when 4xx, an OpenAI error object.
+MUTATIONS = ("surrogate", "surrogate_key", "nan", "infinity", "deep", "bigint", "not_utf8", "truncate")
+
+
+def _strings(obj: Any, path: tuple = ()) -> list[tuple]:
+    if isinstance(obj, str):
+        return [path]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _strings(v, path + (k,))]
+    if isinstance(obj, list):
+        return [p for i, v in enumerate(obj) for p in _strings(v, path + (i,))]
+    return []
+
+
+def _set(obj: Any, path: tuple, value: Any) -> None:
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+
+
+def mutate(body: dict[str, Any], kind: str, pick: int) -> bytes:
+    """`body` as bytes with one mutation of kind `kind`; `pick` chooses where and how much."""
+    if kind == "bigint":
+        return _bigint_body(body, pick)
+    body = copy.deepcopy(body)
+    strings = [p for p in _strings(body) if p != ("model",)]
+    if kind == "surrogate" and strings:
+        path = strings[pick % len(strings)]
+        obj = body
+        for k in path:
+            obj = obj[k]
+        _set(body, path, obj + chr(0xD800 + pick % 0x800))  # json.dumps escapes it as \udXXX
+    elif kind == "surrogate_key":
+        body[chr(0xDC00 + pick % 0x400)] = "x"
+    elif kind in ("nan", "infinity"):
+        body["temperature" if pick % 2 else "top_p"] = float("nan") if kind == "nan" else float("-inf")
+    text = json.dumps(body, allow_nan=True)
+    if kind == "deep":
+        depth = (500, 1_000, 5_000, 100_000)[pick % 4]
+        text = "[" * depth + text + "]" * depth
+    if kind == "truncate":
+        text = text[: max(1, pick % len(text))]
+    data = text.encode("utf-8")
+    if kind == "not_utf8":
+        data = data.replace(b'"', b'"\xff\xfe', 2)
+    return data
+
+
+def _bigint_body(body: dict[str, Any], pick: int) -> bytes:
+    key = "max_tokens" if pick % 2 else "n"
+    text = json.dumps({**body, key: 0})
+    return text.replace(f'"{key}": 0', f'"{key}": 1{"0" * (4300 + pick % 100)}').encode()
+
+
+def test_mutate_makes_what_it_says():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert b"\\ud8" in mutate(body, "surrogate", 0)
+    assert mutate(body, "deep", 3).startswith(b"[" * 100_000)
+    assert b"NaN" in mutate(body, "nan", 1) and b"-Infinity" in mutate(body, "infinity", 1)
+    assert len(mutate(body, "bigint", 0)) > 4300 and b"\xff" in mutate(body, "not_utf8", 0)
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_fuzz_mutated_bodies(api_schema, tide_url, path):
+    import httpx
+    from hypothesis import strategies as st
+
+    stop = time.monotonic() + 30  # each route's own budget
+    op = api_schema[path]["POST"]
+    problems: list[str] = []
+    statuses: collections.Counter[int] = collections.Counter()
+
+    @settings(max_examples=len(MUTATIONS) * 4, deadline=None, database=None, derandomize=True,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy(generation_mode=GenerationMode.POSITIVE), kind=st.sampled_from(MUTATIONS),
+           pick=st.integers(0, 10_000))
+    def run(case, kind, pick):
+        if time.monotonic() > stop or not isinstance(case.body, dict):
+            return
+        body = _limit_load(case.body, path)
+        data = mutate(body, kind, pick)
+        r = httpx.post(tide_url + path, content=data,
+                       headers={"content-type": "application/json"}, timeout=60)
+        statuses[r.status_code] += 1
+        problem = problem_with(r.status_code, r.headers.get("content-type", ""), r.text)
+        if problem:
+            problems.append(f"{kind}: {problem}: {data[:200]!r} -> {r.text[:200]}")
+
+    run()
+    print(f"POST {path} mutated: statuses {dict(sorted(statuses.items()))}")
+    assert not problems, "\n".join(problems[:10])
+    assert sum(statuses.values()) > 0 and statuses[400] > 0  # the mutations did reach the parser
