@@ -129,10 +129,23 @@ class ModelConfig(_Strict):
         "`auto` leaves vLLM's default, anything else is passed as VLLM_CPU_OMP_THREADS_BIND.",
     )
 
+    server_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of vLLM's own OpenAI layer for this model, as `vllm serve` takes them (underscores): "
+        "tool_call_parser, enable_auto_tool_choice, chat_template, response_role, ... (VLLM_SERVER_ARGS lists "
+        "them). The reasoning parser and structured-output backend are engine options: set them in engine_args.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
         if not _NAME.match(self.name):
             raise ValueError(f"name {self.name!r} must be 1-128 of letters, digits and . _ : / - (not starting with one)")
+        unknown = sorted(set(self.server_args) - VLLM_SERVER_ARGS)
+        if unknown:
+            raise ValueError(f"server_args: unknown option(s) {', '.join(unknown)}; vLLM's per-model OpenAI options "
+                             f"are {', '.join(sorted(VLLM_SERVER_ARGS))}")
+        if self.task == "embed" and {"tool_call_parser", "enable_auto_tool_choice"} & set(self.server_args):
+            raise ValueError("server_args: tool calling needs a generating model (task `generate`)")
         if "model" in self.engine_args:
             raise ValueError("engine_args must not set `model`; use the model's `model` field")
         if self.lora is not None and (self.engine_args.get("enable_lora") is False or self.task == "embed"):
@@ -165,6 +178,16 @@ class ModelConfig(_Strict):
         if len(extra) != len(self.autoscaling):
             raise ValueError("autoscaling: set min/max under `replicas`, not here")
         return PolicyConfig(min_replicas=self.replicas.min, max_replicas=self.replicas.max, **extra)
+
+
+# vLLM 0.32's FrontendArgs that shape one model's OpenAI answers (a unit test checks each still exists in vLLM).
+# Listening, TLS, CORS and keys are Tide's front's job, so they are not among them.
+VLLM_SERVER_ARGS = frozenset({
+    "chat_template", "chat_template_content_format", "trust_request_chat_template", "default_chat_template_kwargs",
+    "response_role", "return_tokens_as_token_ids", "enable_auto_tool_choice", "exclude_tools_when_tool_choice_none",
+    "tool_call_parser", "tool_parser_plugin", "tool_strict_level", "max_log_len", "enable_prompt_tokens_details",
+    "enable_force_include_usage", "enable_log_outputs", "log_error_stack", "enable_tokenizer_info_endpoint",
+})
 
 
 class ServerConfig(_Strict):

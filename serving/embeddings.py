@@ -188,6 +188,8 @@ class EmbeddingServer:
     _ensure_pusher = LLMServer._ensure_pusher
     _push_stats = LLMServer._push_stats
     check_health = LLMServer.check_health
+    _openai_app = LLMServer._openai_app  # vLLM's own pooling and tokenization endpoints
+    openai = LLMServer.openai
     _load_adapters = LLMServer._load_adapters  # (a no-op here: embedding models have no adapters)
     record_autoscaling_stats = LLMServer.record_autoscaling_stats
     load = LLMServer.load

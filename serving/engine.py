@@ -167,10 +167,40 @@ class LLMServer:
                 self._adapters_loaded = None
             raise
 
+    async def _openai_app(self) -> Any:
+        """vLLM's own OpenAI app on this engine, built once (serving/replica/openai_app.py)."""
+        from .replica.openai_app import build_openai_app, vllm_args
+
+        if getattr(self, "_oai", None) is None:
+            args = vllm_args(self.engine.model_config.model, self.cfg.name, self.cfg.server_args)
+            self._oai = asyncio.ensure_future(build_openai_app(self.engine, args))
+        task = self._oai
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._oai is task:  # the next health check or request tries again
+                self._oai = None
+            raise
+
+    async def openai(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
+        """One HTTP request through vLLM's OpenAI app: yields (status, headers), then the body's bytes. Serves
+        what Tide's own path does not (tools, response_format, logprobs, /v1/responses, /tokenize, ...)."""
+        from .replica.openai_app import call_app
+
+        self._ensure_pusher()
+        app = await self._openai_app()
+        if self.engine.errored:
+            raise engine_dead()
+        async for item in call_app(app, method, path, body, headers):
+            yield item
+
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
         self._ensure_pusher()
         await self._load_adapters()
+        await self._openai_app()  # built before the replica counts as healthy; a bad server_args shows here
         await self.engine.check_health()
         now, unfinished = time.time(), self.engine.get_num_unfinished_requests()
         if unfinished == 0:

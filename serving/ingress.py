@@ -32,6 +32,8 @@ from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retr
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from .passthrough import openai_error_bytes
+from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, VllmRequest, body_bytes, head_headers, model_of, needs_vllm, relay, usage_tokens
 from .render import error_event
 from .status import fleet_status, metrics_text
 from .web import router as web_router
@@ -40,7 +42,8 @@ from .openapi_schema import install as install_openapi, request_body
 logger = logging.getLogger("tide.ingress")
 app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
 app.include_router(web_router)  # the chat and status pages (plain static files)
-install_openapi(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)  # request bodies in /openapi.json
+install_openapi(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TokenizeRequest, DetokenizeRequest,
+                ResponsesRequest)  # request bodies in /openapi.json
 # (kind, stream) -> the model deployment's method
 METHODS = {("chat", False): "chat", ("chat", True): "chat_stream", ("completion", False): "completion",
            ("completion", True): "completion_stream", ("embed", False): "embed"}
@@ -213,6 +216,19 @@ class Ingress:
     async def embeddings(self, request: Request) -> Response:
         return await self._serve(request, EmbeddingRequest, "embed")
 
+    @app.post("/v1/responses", openapi_extra=request_body(ResponsesRequest))
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API, answered by vLLM's own layer in the model's replica."""
+        return await self._serve(request, None, "vllm")
+
+    @app.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
+    async def tokenize(self, request: Request) -> Response:
+        return await self._serve(request, None, "vllm")
+
+    @app.post("/detokenize", openapi_extra=request_body(DetokenizeRequest))
+    async def detokenize(self, request: Request) -> Response:
+        return await self._serve(request, None, "vllm")
+
     def _start(self, model: str, kind: str, stream: bool, req: Any) -> Any:
         """A call to the model's deployment (Serve picks the replica; a retry may land on another)."""
         return getattr((self.streams if stream else self.models)[model], METHODS[(kind, stream)]).remote(req)
@@ -228,13 +244,15 @@ class Ingress:
             logger.warning("replica of %s died before answering; retrying on another (%s)", model, type(e).__name__)
         return note
 
-    async def _serve(self, request: Request, schema: type, kind: str) -> Response:
+    async def _serve(self, request: Request, schema: type | None, kind: str) -> Response:
         ticket: Pass | None = None
         model = "*"
         try:
             key = self.guard.check_key(request.url.path, request.headers)  # 401 before the body is read
             deadline_s = request_deadline_s(request.headers.get(TIMEOUT_HEADER), self.server.request_timeout_s)
             data = await read_json(request, self.server.max_body_bytes)
+            if schema is None or needs_vllm(kind, data, frozenset(schema.model_fields)):
+                return await self._serve_vllm(request, data, key, deadline_s, kind)
             try:
                 req = schema.model_validate(data)
             except ValidationError as e:
@@ -272,6 +290,44 @@ class Ingress:
             return error_response(err)
         return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **ticket.headers})
+
+    async def _serve_vllm(self, request: Request, data: dict[str, Any], key: Any, deadline_s: float,
+                          kind: str) -> Response:
+        """Relay a request to vLLM's OpenAI layer in one of the model's replicas, with Tide's governance."""
+        name = model_of(data)
+        if name is None:
+            raise bad_request("You must provide a `model` (a string).", "model", "missing_model")
+        model = resolve_model(name, self.adapters).base
+        self._handle(model, stream=True)
+        if kind != "vllm":
+            self._check_task(model, kind)
+        if model not in self.counts:
+            self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
+        self._is_cold(model)
+        req = VllmRequest(data)
+        ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],
+                                  self.cards.get(model, {}).get("max_model_len"))
+        try:
+            start = lambda: self.streams[model].openai.remote(  # noqa: E731
+                "POST", request.url.path, body_bytes(data), {"content-type": "application/json"})
+            gen, (status, headers) = await open_stream(start, deadline_s, self.server.replica_retries,
+                                                       self._retried(model))
+        except BaseException as e:
+            err = to_error(e) if isinstance(e, Exception) else None
+            ticket.failed(err.status if err else 499)
+            raise
+        out = head_headers(headers)
+        sse = out.get("content-type", "").startswith("text/event-stream")
+        if status >= 400 or not sse:  # a whole body (JSON answers and errors are small)
+            body = b"".join([c async for c in relay(gen, deadline_s, False, lambda u: None)])
+            if status >= 400:
+                ticket.failed(status)
+                body, out = openai_error_bytes(status, body), {"content-type": "application/json"}
+            else:
+                ticket.done(usage_tokens(body[-2048:]))
+            return Response(body, status_code=status, headers={**out, **ticket.headers})
+        return StreamingResponse(relay(gen, deadline_s, True, ticket.done), status_code=status,
+                                 headers={**out, **SSE_HEADERS, **ticket.headers})
 
     async def _serve_cold(self, name: str, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
                           ticket: Pass) -> Response:

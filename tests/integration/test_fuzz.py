@@ -52,7 +52,8 @@ def api_schema(raw_schema, tide_url, model_name):
     raw = copy.deepcopy(raw_schema)
     schemas = raw.get("components", {}).get("schemas", {})
     for name, model in (("ChatCompletionRequest", model_name), ("CompletionRequest", model_name),
-                        ("EmbeddingRequest", EMBED_MODEL)):
+                        ("EmbeddingRequest", EMBED_MODEL), ("TokenizeRequest", model_name),
+                        ("DetokenizeRequest", model_name), ("ResponsesRequest", model_name)):
         if name in schemas:
             schemas[name]["properties"]["model"] = {"type": "string", "enum": [model]}
     schema = schemathesis.openapi.from_dict(raw)
@@ -78,6 +79,12 @@ def _limit_load(body: Any, path: str = "") -> Any:
     if path == "/v1/embeddings":  # keep the 2 cores responsive: a few inputs per generated request
         if isinstance(body.get("input"), list) and len(body["input"]) > 4:
             body["input"] = body["input"][:4]
+        return body
+    if path == "/v1/responses":  # vLLM's default would be the whole remaining context
+        v = body.get("max_output_tokens")
+        body["max_output_tokens"] = v if type(v) is not int or not 8 < v <= 4096 else 8
+        if "max_output_tokens" not in body or body["max_output_tokens"] is None:
+            body["max_output_tokens"] = 8
         return body
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
@@ -131,8 +138,10 @@ def test_problem_with_catches_what_it_should():
 
 # Every operation Tide promises, with the modes that apply: operations without inputs have no invalid input.
 GET_ROUTES = ["GET /health", "GET /v1/models", "GET /tide/status", "GET /metrics"]
+VLLM_ROUTES = ("/tokenize", "/detokenize", "/v1/responses")  # answered by vLLM's own layer in the replica
 CASES = [(op, GenerationMode.POSITIVE) for op in GET_ROUTES] + [
-    (f"POST {p}", mode) for p in BODY_ROUTES for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+    (f"POST {p}", mode) for p in BODY_ROUTES + VLLM_ROUTES
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
 
 
 def test_schema_has_no_operation_the_fuzzer_skips(raw_schema):

