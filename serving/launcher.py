@@ -187,12 +187,15 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
     if not owns_ray:
         graceful()
         return
+    import psutil
+
+    ours = psutil.Process().children(recursive=True)  # before Ray stops: its agents outlive the raylet otherwise
     if _local_ray_alive():
         for step, limit in ((graceful, serve_timeout_s), (ray.shutdown, ray_timeout_s)):
             t = threading.Thread(target=step, name=f"tide-stop-{step.__name__}", daemon=True)
             t.start()
             t.join(limit)
-    _kill_own_processes()
+    _kill_own_processes(ours)
 
 
 def _local_ray_alive() -> bool:
@@ -209,11 +212,13 @@ def _local_ray_alive() -> bool:
     return {"gcs_server", "raylet"} <= names
 
 
-def _kill_own_processes(grace_s: float = 1.5) -> None:
-    """SIGTERM, then SIGKILL after `grace_s`, every process below this one (the local Ray we started)."""
+def _kill_own_processes(known: list | None = None, grace_s: float = 1.5) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, every process below this one (the local Ray we started), and those
+    of `known` (seen below it earlier, perhaps re-parented since) that still run."""
     import psutil
 
     procs = psutil.Process().children(recursive=True)
+    procs += [p for p in known or [] if p not in procs and p.is_running()]
     for p in procs:
         try:
             p.terminate()
