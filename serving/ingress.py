@@ -32,8 +32,8 @@ from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retr
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from .passthrough import openai_error_bytes
-from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, VllmRequest, body_bytes, head_headers, model_of, needs_vllm, relay, usage_tokens
+from .passthrough import (DetokenizeRequest, ResponsesRequest, TokenizeRequest, VllmRequest, body_bytes, head_headers,
+                          model_of, needs_vllm, openai_error_bytes, relay, usage_tokens)
 from .render import error_event
 from .status import fleet_status, metrics_text
 from .web import router as web_router
@@ -134,6 +134,13 @@ class Ingress:
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_replicas())
         return self.counts.get(name, (1, 1))[0] == 0
+
+    async def _capacity(self, model: str) -> int:
+        """Requests the model's running replicas take at once (replicas x max_num_seqs); the replica count is
+        asked of Serve before the model's first admission rather than guessed."""
+        if model not in self.counts:
+            self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
+        return self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"]
 
     def _observed_start(self, name: str, t0: float) -> None:
         self.start_estimate[name] = update_start_estimate(self.start_estimate.get(name), time.monotonic() - t0)
@@ -260,12 +267,10 @@ class Ingress:
             model = resolve_model(req.model, self.adapters).base  # unknown model or adapter -> 404
             handle = self._handle(model, stream=req.stream)
             self._check_task(model, kind)
-            if model not in self.counts:  # learn the running replicas before the first admission, not guess
-                self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
+            capacity = await self._capacity(model)
             cold = self._is_cold(model)
             # per-key rate limit, then the model's bounded queue (capacity: running replicas x max_num_seqs)
-            ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],
-                                      self.cards.get(model, {}).get("max_model_len"))
+            ticket = self.guard.admit(model, key, req, capacity, self.cards.get(model, {}).get("max_model_len"))
             if cold:
                 t, ticket = ticket, None  # the held path owns the ticket from here
                 return await self._serve_cold(model, req, kind, handle, deadline_s, t)
@@ -301,11 +306,9 @@ class Ingress:
         self._handle(model, stream=True)
         if kind != "vllm":
             self._check_task(model, kind)
-        if model not in self.counts:
-            self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
+        capacity = await self._capacity(model)
         self._is_cold(model)
-        req = VllmRequest(data)
-        ticket = self.guard.admit(model, key, req, self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"],
+        ticket = self.guard.admit(model, key, VllmRequest(data), capacity,
                                   self.cards.get(model, {}).get("max_model_len"))
         try:
             start = lambda: self.streams[model].openai.remote(  # noqa: E731
