@@ -237,7 +237,7 @@ async def main_async(a: argparse.Namespace) -> None:
             for router in order:
                 results[router].append(await phase(router, a, port, convs))
     finally:
-        shutdown(owns)
+        shutdown(owns, serve_timeout_s=120, ray_timeout_s=60)  # it prints the table after
     header = (f"Router benchmark, {time.strftime('%Y-%m-%d')}, {a.replicas} replicas of the tiny model, "
               f"{a.conversations} conversations x {a.turns} turns, {a.system_prompts} system prompts of "
               f"{a.system_chars} chars, {a.concurrency} closed-loop clients, {a.max_tokens} tokens/turn, "

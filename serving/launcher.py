@@ -169,7 +169,11 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
     On a cluster we only joined, Serve's shutdown is waited for in full. When this process owns Ray, every step
     is bounded (Serve's own wait is 30 s per controller call, and it hangs outright once a signal to the whole
     process group has taken the GCS down): Serve gets `serve_timeout_s`, Ray `ray_timeout_s`, then whatever of the
-    local Ray still runs is killed. Engines whose replica died first are killed by their reaper."""
+    local Ray still runs is killed. Engines whose replica died first are killed by their reaper.
+
+    A caller that goes on living (a test session, a benchmark) must give Ray's own shutdown time to finish:
+    a driver whose GCS is killed under it exits the whole process with code 1 a minute later (Ray's core
+    worker does, from C++), whatever Python is doing then."""
     import threading
 
     import ray
@@ -195,6 +199,9 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
             t = threading.Thread(target=step, name=f"tide-stop-{step.__name__}", daemon=True)
             t.start()
             t.join(limit)
+            if t.is_alive():
+                print(f"{step.__name__} still running after {limit:g} s; killing the local Ray",
+                      file=sys.stderr, flush=True)
     _kill_own_processes(ours)
 
 

@@ -39,8 +39,8 @@ def tide_url(tide_config):
     try:
         url = deploy(tide_config, timeout_s=600, say=lambda m: print(m, flush=True))
         yield url
-    finally:
-        shutdown(owns)
+    finally:  # bounds long enough for Ray to disconnect: pytest dies with Ray's driver otherwise (launcher.py)
+        shutdown(owns, serve_timeout_s=120, ray_timeout_s=60)
 
 
 @pytest.fixture(scope="session")
