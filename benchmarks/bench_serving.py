@@ -34,6 +34,7 @@ ENGINE_ARGS = {"dtype": "float32", "enforce_eager": EAGER, "max_model_len": 1024
 ALL_CORES = sorted(os.sched_getaffinity(0))
 ENGINE_CORE = os.environ.get("TIDE_BENCH_BIND", str(ALL_CORES[-1]))  # VLLM_CPU_OMP_THREADS_BIND for all
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": ENGINE_CORE}
+SERVERS = ("vllm", "tide", "tide-vllm", "rayllm")
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
 
@@ -47,6 +48,7 @@ class Server:
     cmd: list[str]
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    extra_body: dict = field(default_factory=dict)  # added to every request body
     proc: subprocess.Popen | None = None
     log: Path | None = None
 
@@ -81,7 +83,7 @@ def make_servers(tmp: Path) -> dict[str, Server]:
     vllm_cmd = [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL), "--served-model-name", "tiny",
                 "--host", "127.0.0.1", "--port", "{port}", "--dtype", "float32", *(["--enforce-eager"] if EAGER else []),
                 "--max-model-len", "1024", "--max-num-seqs", "64", "--no-enable-log-requests"]
-    ports = {name: free_port() for name in ("vllm", "tide", "rayllm")}
+    ports = {name: free_port() for name in SERVERS}
     cfg = {"server": {"host": "127.0.0.1", "port": ports["tide"]},
            "models": [{"name": "tiny", "model": str(MODEL), "engine_args": ENGINE_ARGS, "env": ENGINE_ENV,
                        "replicas": {"min": 1, "max": 1, "num_cpus": 1}}]}
@@ -91,8 +93,10 @@ def make_servers(tmp: Path) -> dict[str, Server]:
     rayllm_cmd = [py, str(ROOT / "benchmarks" / "rayllm_server.py"), "--model", str(MODEL), "--port", "{port}",
                   "--engine-args", json.dumps(ENGINE_ARGS), "--env", json.dumps(ENGINE_ENV)]
     out = {}
-    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("rayllm", rayllm_cmd)):
+    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("tide-vllm", tide_cmd), ("rayllm", rayllm_cmd)):
         out[name] = Server(name, [c.replace("{port}", str(ports[name])) for c in cmd], ports[name])
+    # the same Tide, each request carrying a vLLM-only field (a no-op value): served by vLLM's own OpenAI layer
+    out["tide-vllm"].extra_body = {"repetition_penalty": 1.0}
     return out
 
 
@@ -121,9 +125,9 @@ class Sample:
     tokens: int
 
 
-async def one_request(s: aiohttp.ClientSession, url: str, max_tokens: int) -> Sample:
+async def one_request(s: aiohttp.ClientSession, url: str, max_tokens: int, extra: dict | None = None) -> Sample:
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 1.0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
@@ -148,17 +152,18 @@ async def one_request(s: aiohttp.ClientSession, url: str, max_tokens: int) -> Sa
     return Sample(ttft if ttft is not None else end, end, tokens or chunks)
 
 
-async def run_load(url: str, concurrency: int, n_requests: int, max_tokens: int) -> tuple[float, list[Sample]]:
+async def run_load(url: str, concurrency: int, n_requests: int, max_tokens: int, extra: dict | None = None
+                   ) -> tuple[float, list[Sample]]:
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
         for _ in range(2):  # warm the connection pool and the engine
-            await one_request(s, url, 4)
+            await one_request(s, url, 4, extra)
         todo = iter(range(n_requests))
         samples: list[Sample] = []
 
         async def worker() -> None:
             for _ in todo:
-                samples.append(await one_request(s, url, max_tokens))
+                samples.append(await one_request(s, url, max_tokens, extra))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -217,10 +222,10 @@ async def main_async(a: argparse.Namespace) -> None:
                 ready = await wait_ready(srv)
                 print(f"  {name} ready in {ready:.0f}s", flush=True)
                 top = max(a.concurrency)  # warm-up: the first batches of each size are slow on every server
-                await run_load(srv.url, top, 2 * top, a.max_tokens)
+                await run_load(srv.url, top, 2 * top, a.max_tokens, srv.extra_body)
                 for c in a.concurrency:
                     n = max(a.min_requests, c * a.requests_per_worker)
-                    tps, samples = await run_load(srv.url, c, n, a.max_tokens)
+                    tps, samples = await run_load(srv.url, c, n, a.max_tokens, srv.extra_body)
                     r = results.setdefault((name, c), {"tps": [], "samples": []})
                     r["tps"].append(tps)
                     r["samples"].extend(samples)
@@ -245,7 +250,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--requests-per-worker", type=int, default=6)
     p.add_argument("--min-requests", type=int, default=16)
-    p.add_argument("--servers", nargs="+", default=["vllm", "tide", "rayllm"], choices=["vllm", "tide", "rayllm"])
+    p.add_argument("--servers", nargs="+", default=["vllm", "tide", "rayllm"], choices=SERVERS,
+                   help="tide-vllm: Tide with every request sent through vLLM's OpenAI layer in the replica")
     asyncio.run(main_async(p.parse_args()))
 
 

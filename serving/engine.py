@@ -20,7 +20,7 @@ from .errors import TideError, bad_request, engine_dead, to_error
 from .faults import engine_stuck
 from .guard import usage_comment
 from .loopback import bind_replica_grpc_to_node
-from .lora import engine_lora_args, lora_request, resolve_model
+from .lora import engine_lora_args, lora_request, public_name, resolve_model
 from .protocol import ChatCompletionRequest, CompletionRequest, new_id
 from .render import Renderer, error_event
 from .router import request_router_options
@@ -89,6 +89,12 @@ def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str
     bind_replica_grpc_to_node()  # before Serve starts this replica's gRPC server, after this constructor
     server.cfg = cfg
     os.environ.update(cfg.env)
+    from vllm.platforms import current_platform
+
+    from .replica.engine_env import engine_env_defaults
+
+    for key, value in engine_env_defaults(cfg.engine_args, current_platform.is_cpu()).items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(cfg.replicas.engine_start_timeout_s)))
     _pin_cpu_threads(cfg)
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -170,10 +176,21 @@ class LLMServer:
     async def _openai_app(self) -> Any:
         """vLLM's own OpenAI app on this engine, built once (serving/replica/openai_app.py)."""
         from .replica.openai_app import build_openai_app, vllm_args
+        from .replica.responses_store import get_store, share
+
+        async def build() -> Any:
+            args = vllm_args(self.engine.model_config.model, self.cfg.name, self.cfg.server_args)
+            adapters = getattr(self, "adapters", {}).get(self.cfg.name, [])
+            loras = {public_name(self.cfg.name, a): lora_request(self.cfg.lora, a, self.cfg.name) for a in adapters}
+            app = await build_openai_app(self.engine, args, loras)
+            responses = getattr(app.state, "openai_serving_responses", None)
+            if responses is not None:  # generating models: stored responses shared by every replica
+                self._responses_store = await asyncio.to_thread(get_store)
+                share(responses, self._responses_store)
+            return app
 
         if getattr(self, "_oai", None) is None:
-            args = vllm_args(self.engine.model_config.model, self.cfg.name, self.cfg.server_args)
-            self._oai = asyncio.ensure_future(build_openai_app(self.engine, args))
+            self._oai = asyncio.ensure_future(build())
         task = self._oai
         try:
             return await asyncio.shield(task)
@@ -193,6 +210,12 @@ class LLMServer:
         app = await self._openai_app()
         if self.engine.errored:
             raise engine_dead()
+        await self._load_adapters()  # before any request names one (vLLM kills the engine on a failed load)
+        responses = getattr(app.state, "openai_serving_responses", None)
+        if path == "/v1/responses" and responses is not None:
+            from .replica.responses_store import fetch_previous
+
+            await fetch_previous(responses, self._responses_store, body)
         async for item in call_app(app, method, path, body, headers):
             yield item
 

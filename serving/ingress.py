@@ -32,8 +32,8 @@ from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retr
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from .passthrough import (DetokenizeRequest, ResponsesRequest, TokenizeRequest, VllmRequest, body_bytes, head_headers,
-                          model_of, needs_vllm, openai_error_bytes, relay, usage_tokens)
+from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
+from .front.vllm_path import VllmPath
 from .render import error_event
 from .status import fleet_status, metrics_text
 from .web import router as web_router
@@ -63,7 +63,7 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 # Note: serve.ingress captures the class when decorated, so every helper it uses must be defined above.
 @serve.deployment
 @serve.ingress(app)
-class Ingress:
+class Ingress(VllmPath):
     """Routes by model name; holds one handle per model deployment."""
 
     def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any], cold: dict[str, dict]):
@@ -295,42 +295,6 @@ class Ingress:
             return error_response(err)
         return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **ticket.headers})
-
-    async def _serve_vllm(self, request: Request, data: dict[str, Any], key: Any, deadline_s: float,
-                          kind: str) -> Response:
-        """Relay a request to vLLM's OpenAI layer in one of the model's replicas, with Tide's governance."""
-        name = model_of(data)
-        if name is None:
-            raise bad_request("You must provide a `model` (a string).", "model", "missing_model")
-        model = resolve_model(name, self.adapters).base
-        self._handle(model, stream=True)
-        if kind != "vllm":
-            self._check_task(model, kind)
-        capacity = await self._capacity(model)
-        self._is_cold(model)
-        ticket = self.guard.admit(model, key, VllmRequest(data), capacity,
-                                  self.cards.get(model, {}).get("max_model_len"))
-        try:
-            start = lambda: self.streams[model].openai.remote(  # noqa: E731
-                "POST", request.url.path, body_bytes(data), {"content-type": "application/json"})
-            gen, (status, headers) = await open_stream(start, deadline_s, self.server.replica_retries,
-                                                       self._retried(model))
-        except BaseException as e:
-            err = to_error(e) if isinstance(e, Exception) else None
-            ticket.failed(err.status if err else 499)
-            raise
-        out = head_headers(headers)
-        sse = out.get("content-type", "").startswith("text/event-stream")
-        if status >= 400 or not sse:  # a whole body (JSON answers and errors are small)
-            body = b"".join([c async for c in relay(gen, deadline_s, False, lambda u: None)])
-            if status >= 400:
-                ticket.failed(status)
-                body, out = openai_error_bytes(status, body), {"content-type": "application/json"}
-            else:
-                ticket.done(usage_tokens(body[-2048:]))
-            return Response(body, status_code=status, headers={**out, **ticket.headers})
-        return StreamingResponse(relay(gen, deadline_s, True, ticket.done), status_code=status,
-                                 headers={**out, **SSE_HEADERS, **ticket.headers})
 
     async def _serve_cold(self, name: str, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
                           ticket: Pass) -> Response:

@@ -180,11 +180,13 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
     from ray import serve
 
     from .hub import kill_hub
+    from .replica.responses_store import kill_store
 
     def graceful() -> None:
         try:
             serve.shutdown()
             kill_hub()
+            kill_store()
         except (Exception, SystemExit) as e:  # noqa: BLE001 - Ray is stopped next (Ray raises SystemExit then)
             print(f"Serve did not shut down cleanly: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 

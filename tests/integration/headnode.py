@@ -64,9 +64,11 @@ def wait_healthy(url: str, limit_s: float = 180.0) -> None:
 
 
 def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
-    """examples/tiny.yaml on `http_port`, the model's fields updated with `model`."""
+    """examples/tiny.yaml's chat model alone (its embedding model left out: one engine per head is enough here)
+    on `http_port`, the model's fields updated with `model`."""
     data = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())
     data["server"]["port"] = http_port
+    data["models"] = data["models"][:1]
     data["models"][0].update({"model": str(ROOT / ".models" / "tiny-llama"), **model})
     data["models"][0]["replicas"]["num_cpus"] = 0.5
     return data

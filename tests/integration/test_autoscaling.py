@@ -71,26 +71,30 @@ def test_scale_to_zero_holds_requests_with_heartbeats_caps_them_and_answers(clie
 
     async def scenario():
         async with httpx.AsyncClient(base_url=tide_url, timeout=300) as http:
-            async def stream():
+            async def stream(body):
                 lines = []
-                async with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+                async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
                     assert r.status_code == 200
                     async for line in r.aiter_lines():
                         if line:
                             lines.append(line)
                 return lines
 
-            held = [asyncio.create_task(stream()), asyncio.create_task(http.post("/v1/chat/completions", json=chat))]
+            held = [asyncio.create_task(stream(chat)), asyncio.create_task(stream(vllm_chat)),
+                    asyncio.create_task(http.post("/v1/chat/completions", json=chat))]
             await asyncio.sleep(0.5)
-            extra = await asyncio.gather(*(http.post("/v1/chat/completions", json=chat) for _ in range(2)))
-            return await held[0], await held[1], extra
+            extra = await asyncio.gather(*(http.post("/v1/chat/completions", json=b) for b in (chat, vllm_chat)))
+            return [await h for h in held], extra
 
-    lines, whole, extra = asyncio.run(scenario())
-    # held: the stream got comment heartbeats while the replica started, then content and [DONE]
-    assert any(l.startswith(": waiting for a replica") for l in lines)
-    assert lines[-1] == "data: [DONE]" and any('"content"' in l for l in lines)
+    vllm_chat = {**chat, "min_p": 0.0}  # a vLLM-only field: served by vLLM's own OpenAI layer in the replica
+    (lines, vllm_lines, whole), extra = asyncio.run(scenario())
+    # held: both streams (Tide's path and vLLM's layer) got comment heartbeats while the replica started,
+    # then content and [DONE]
+    for stream_lines in (lines, vllm_lines):
+        assert any(l.startswith(": waiting for a replica") for l in stream_lines)
+        assert stream_lines[-1] == "data: [DONE]" and any('"content"' in l for l in stream_lines), stream_lines
     assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] == 4
-    # over max_held_requests (2): told to come back, with a Retry-After computed from the expected start
+    # over max_held_requests (3): told to come back, with a Retry-After computed from the expected start
     for r in extra:
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["error"]["code"] == "too_many_held_requests"

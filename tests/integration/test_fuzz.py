@@ -42,8 +42,23 @@ def _raw_schema(url: str) -> dict[str, Any]:
         return json.loads(r.read())
 
 
+def _all_ready(url: str, limit_s: float = 300) -> None:
+    """Wait until /health is 200: a model an earlier test woke from zero may still be starting (503 then)."""
+    end = time.monotonic() + limit_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=30) as r:
+                if r.status == 200:
+                    return
+        except OSError:  # HTTPError (503) included
+            pass
+        assert time.monotonic() < end, "some model did not become ready"
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def raw_schema(tide_url) -> dict[str, Any]:
+    _all_ready(tide_url)
     return _raw_schema(tide_url)
 
 

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import psutil
 import pytest
+import yaml
 
 from serving.launcher import free_port
 
@@ -79,12 +80,20 @@ def wait_for(what: str, fn, limit_s: float):
 
 
 @contextmanager
-def tide_serve(tmp: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`tide serve examples/tiny.yaml` on a free port, in its own session; killed (group) if a test left it."""
+def tide_serve(tmp: Path, chat_only: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`tide serve examples/tiny.yaml` on a free port, in its own session; killed (group) if a test left it.
+    `chat_only`: the default config without its embedding model (one engine to start instead of two)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = open(tmp / "tide-serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "examples/tiny.yaml", "--port", str(port)],
+    config = "examples/tiny.yaml"
+    if chat_only:
+        data = yaml.safe_load((ROOT / config).read_text())
+        data["models"] = [m for m in data["models"] if m.get("task", "generate") != "embed"]
+        data["models"][0]["model"] = str(ROOT / ".models" / "tiny-llama")
+        config = str(tmp / "chat-only.yaml")
+        Path(config).write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", config, "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -130,7 +139,7 @@ def ray_kill_replica(address: str) -> None:
 
 
 def test_a_killed_replica_takes_its_engine_along_and_ctrl_c_leaves_nothing(tmp_path):
-    with tide_serve(tmp_path) as (proc, url):
+    with tide_serve(tmp_path, chat_only=True) as (proc, url):
         # SIGKILL: the actor cannot run any shutdown of its own
         actor = wait_for("a replica with an engine", lambda: replica(proc.pid), 60)
         its_engines = engines(tree(actor.pid))
@@ -158,9 +167,13 @@ def test_a_killed_replica_takes_its_engine_along_and_ctrl_c_leaves_nothing(tmp_p
 
 @pytest.mark.parametrize("whole_group", [False, True], ids=["sigterm-alone", "sigterm-group"])
 def test_sigterm_stops_tide_serve_and_every_engine(tmp_path, whole_group):
-    with tide_serve(tmp_path) as (proc, _):
+    # the default config as `make serve` runs it (chat and embedding engines) once, the chat model alone once
+    with tide_serve(tmp_path, chat_only=not whole_group) as (proc, _):
         everything = wait_for("VLLM:: processes under tide serve",
                               lambda: (lambda t: t if engines(t) else None)(tree(proc.pid)), 60)
+        if whole_group:
+            cores = [p for p in engines(everything) if _cmd(p).startswith("VLLM::EngineCore")]
+            assert len(cores) == 2, "expected the chat and the embedding model's engines"
         t0 = time.monotonic()
         if whole_group:  # what systemd, a terminal hang-up or a process manager does
             os.killpg(proc.pid, signal.SIGTERM)

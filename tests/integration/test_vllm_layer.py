@@ -85,9 +85,37 @@ def test_tokenize_and_detokenize_round_trip(tide_url):
     assert "import os" in back["prompt"]
 
 
-def test_responses_api(client):
+def test_responses_api_with_a_follow_up_on_another_engine(client):
     r = client.responses.create(model="tiny", input="Say hi", max_output_tokens=8)
     assert r.status in ("completed", "incomplete") and r.output
+    same = client.responses.create(model="tiny", input="And again", previous_response_id=r.id, max_output_tokens=4)
+    assert same.usage.input_tokens > r.usage.input_tokens  # the first turn is part of the prompt
+    # tiny-auto runs the same weights in other replica processes, which never saw `r`: the store is shared
+    other = client.responses.create(model="tiny-auto", input="And again", previous_response_id=r.id,
+                                    max_output_tokens=4)
+    assert other.usage.input_tokens == same.usage.input_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="tiny", input="x", previous_response_id="resp_nope", max_output_tokens=2)
+
+
+def test_lora_adapters_work_through_vllm_layer(client):
+    prompt = {"prompt": "def main(", "max_tokens": 12, "temperature": 0}
+    own = {m: client.completions.create(model=m, **prompt).choices[0].text for m in ("tiny", "tiny:a")}
+    assert own["tiny"] != own["tiny:a"]
+    for m in ("tiny", "tiny:a"):  # repetition_penalty 1 changes nothing, but only vLLM's layer takes it
+        out = client.completions.create(model=m, **prompt, extra_body={"repetition_penalty": 1.0})
+        assert out.choices[0].text == own[m] and out.model == m
+    call = client.chat.completions.create(model="tiny:b", messages=MSG, tools=[WEATHER], tool_choice=NAMED,
+                                          max_tokens=40)
+    _check_call(call.choices[0].message.tool_calls[0])
+
+
+def test_streams_carry_usage_only_when_asked(client):
+    ask = {"model": "tiny", "messages": MSG, "max_tokens": 4, "stream": True, "extra_body": {"min_p": 0.0}}
+    chunks = list(client.chat.completions.create(**ask))
+    assert chunks and all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    chunks = list(client.chat.completions.create(**ask, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
 
 
 @pytest.mark.parametrize("body", [
@@ -113,3 +141,27 @@ def test_tide_keeps_its_stricter_checks(tide_url):
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(base_url=f"{tide_url}/v1", api_key="x", max_retries=0).chat.completions.create(
             model="nope", messages=MSG, tools=[WEATHER])
+
+
+def test_embeddings_with_vllm_fields_match_tide_path(client):
+    own = client.embeddings.create(model="minilm", input="the cat sat on the mat").data[0].embedding
+    via = client.embeddings.create(model="minilm", input="the cat sat on the mat",
+                                   extra_body={"truncate_prompt_tokens": 64}).data[0].embedding
+    assert len(via) == len(own) == 384
+    assert sum(a * b for a, b in zip(own, via)) > 0.999  # the same normalised vector (float noise aside)
+    cut = client.embeddings.create(model="minilm", input="the cat sat on the mat",
+                                   extra_body={"truncate_prompt_tokens": 3}).data[0].embedding
+    assert sum(a * b for a, b in zip(own, cut)) < 0.99  # truncation really reached the engine
+
+
+def test_logprobs_and_echo(client):
+    chat = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, logprobs=True, top_logprobs=2,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens == 6
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    text = client.completions.create(model="tiny", prompt="def main(", max_tokens=5, logprobs=1, echo=True,
+                                     extra_body={"ignore_eos": True})
+    choice = text.choices[0]
+    assert choice.text.startswith("def main(")  # echo: the prompt comes back in front of the completion
+    assert len(choice.logprobs.tokens) == text.usage.prompt_tokens + text.usage.completion_tokens
