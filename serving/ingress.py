@@ -236,6 +236,18 @@ class Ingress(VllmPath):
     async def detokenize(self, request: Request) -> Response:
         return await self._serve(request, None, "vllm")
 
+    # vLLM's pooling routes, where the model's task has them (vLLM's 404 otherwise): routed by the body's `model`
+    @app.post("/pooling", include_in_schema=False)
+    @app.post("/classify", include_in_schema=False)
+    @app.post("/score", include_in_schema=False)
+    @app.post("/v1/score", include_in_schema=False)
+    @app.post("/rerank", include_in_schema=False)
+    @app.post("/v1/rerank", include_in_schema=False)
+    @app.post("/v2/rerank", include_in_schema=False)
+    @app.post("/v2/embed", include_in_schema=False)
+    async def pooling(self, request: Request) -> Response:
+        return await self._serve(request, None, "vllm")
+
     def _start(self, model: str, kind: str, stream: bool, req: Any) -> Any:
         """A call to the model's deployment (Serve picks the replica; a retry may land on another)."""
         return getattr((self.streams if stream else self.models)[model], METHODS[(kind, stream)]).remote(req)

@@ -2,7 +2,8 @@
 
 The ingress keeps its governance for them (keys, per-key limits, the bounded queue, routing by `model`,
 deadlines) and relays the replica's bytes untouched. Which requests go there is a pure decision:
-- endpoints Tide has no handler of its own for (`/v1/responses`, `/tokenize`, `/detokenize`);
+- endpoints Tide has no handler of its own for (`/v1/responses`, `/tokenize`, `/detokenize`, and the pooling
+  routes `/score`, `/rerank`, `/pooling`, `/classify`, `/v2/embed` where the model's task has them);
 - chat and text completions that use a field vLLM 0.32 declares and Tide's own path does not (tools,
   `response_format`, logprobs, `echo`, vLLM's sampling extensions, ...) or, for chat, a message shape beyond
   Tide's (tool calls and tool results, non-text content parts).
@@ -39,9 +40,11 @@ VLLM_ONLY_FIELDS: dict[str, frozenset[str]] = {
         "truncate_prompt_tokens", "truncation_side", "use_activation",
     }),
 }
+# where a body bound for vLLM's layer keeps its input (chat, completions, responses, tokenize, score, rerank)
+PROMPT_KEYS = ("messages", "prompt", "input", "text", "instructions", "tokens", "query", "documents", "text_1",
+               "text_2", "queries")
 TIDE_MESSAGE_KEYS = frozenset({"role", "content", "name"})
 TIDE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-VLLM_ENDPOINTS = ("/v1/responses", "/tokenize", "/detokenize")  # POST, routed by the body's `model`
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 
 
@@ -173,8 +176,7 @@ class VllmRequest:
 
     def prompts(self) -> list[str]:
         """The body's input text as one string per field (its JSON: a fair character count for the estimate)."""
-        return [json.dumps(self.data[k]) for k in ("messages", "prompt", "input", "text", "instructions", "tokens")
-                if k in self.data]
+        return [json.dumps(self.data[k]) for k in PROMPT_KEYS if k in self.data]
 
 
 # ---- request bodies of the vLLM-only routes, for /openapi.json (vLLM validates the bodies itself) ----------

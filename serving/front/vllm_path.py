@@ -111,6 +111,11 @@ class VllmPath:
                                           "cold_start_timeout", retry_after_s(expected, waited))
                 await asyncio.wait({first}, timeout=0.25)
             self._observed_start(name, t0)
+        except asyncio.CancelledError:  # the client went away while the model started
+            first.cancel()
+            gen.cancel()
+            ticket.done(None)
+            raise
         finally:
             gate.release()
         try:

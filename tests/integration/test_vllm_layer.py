@@ -165,3 +165,17 @@ def test_logprobs_and_echo(client):
     choice = text.choices[0]
     assert choice.text.startswith("def main(")  # echo: the prompt comes back in front of the completion
     assert len(choice.logprobs.tokens) == text.usage.prompt_tokens + text.usage.completion_tokens
+
+
+def test_pooling_routes_of_the_embedding_model(tide_url):
+    score = httpx.post(f"{tide_url}/score", json={"model": "minilm", "text_1": "a cat", "text_2": [
+        "a cat", "tax law"]}, timeout=60)
+    assert score.status_code == 200, score.text[:300]
+    same, other = (d["score"] for d in score.json()["data"])
+    assert same > 0.99 and other < same
+    rerank = httpx.post(f"{tide_url}/v1/rerank", json={"model": "minilm", "query": "a cat", "documents": [
+        "tax law", "a cat"]}, timeout=60)
+    assert rerank.status_code == 200, rerank.text[:300]
+    assert rerank.json()["results"][0]["index"] == 1
+    missing = httpx.post(f"{tide_url}/score", json={"model": "tiny", "text_1": "a", "text_2": "b"}, timeout=60)
+    assert missing.status_code == 404 and missing.json()["error"]["type"]  # a chat model has no score route
