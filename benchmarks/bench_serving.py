@@ -125,7 +125,18 @@ class Sample:
     tokens: int
 
 
+RETRIED: list[str] = []  # requests sent again after a kept-alive connection was closed under them
+
+
 async def one_request(s: aiohttp.ClientSession, url: str, max_tokens: int, extra: dict | None = None) -> Sample:
+    try:
+        return await _one_request(s, url, max_tokens, extra)
+    except aiohttp.ServerDisconnectedError:  # a pooled connection the server had just closed: once more
+        RETRIED.append(url)
+        return await _one_request(s, url, max_tokens, extra)
+
+
+async def _one_request(s: aiohttp.ClientSession, url: str, max_tokens: int, extra: dict | None = None) -> Sample:
     body = {"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 1.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     t0 = time.perf_counter()
@@ -237,6 +248,8 @@ async def main_async(a: argparse.Namespace) -> None:
     header = (f"Serving benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, tiny model, "
               f"{a.max_tokens} tokens/request streamed, {a.rounds} rounds alternating\n"
               f"command: python benchmarks/bench_serving.py {' '.join(sys.argv[1:])}\n")
+    if RETRIED:
+        header += f"{len(RETRIED)} request(s) sent again after a closed keep-alive connection\n"
     print("\n" + header + "\n" + table)
     (out / "serving.md").write_text(header + "\n" + table + "\n")
     raw = {f"{k[0]}@{k[1]}": {"tps": v["tps"], "ttft_s": [x.ttft_s for x in v["samples"]]} for k, v in results.items()}
