@@ -23,7 +23,7 @@ from .admission import AdmissionConfig
 from .calls import awaited, call_whole, forward, open_stream
 from .coldstart import HoldGate, retry_after_s, update_start_estimate
 from .config import ServerConfig
-from .errors import TideError, bad_request, error_body, model_not_found, to_error
+from .errors import bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
 from .guard import Guard, Pass, Refused, body_usage
 from .lora import resolve_model
@@ -33,7 +33,7 @@ from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
-from .front.vllm_path import VllmPath
+from .front.vllm_path import VllmPath, cold_start_timeout
 from .render import error_event
 from .status import fleet_status, metrics_text
 from .web import router as web_router
@@ -313,11 +313,8 @@ class Ingress(VllmPath):
         """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
         cfg, gate = self.cold[name], self.gates[name]
         expected = self.start_estimate[name]
-        if not gate.try_hold():
-            ticket.done(0)
-            self._reject(name, "too_many_held")
-            return retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
-                                   "too_many_held_requests", retry_after_s(expected, 0))
+        if (refused := self._hold_or_refuse(name, ticket)) is not None:
+            return refused
         t0 = time.monotonic()
         if req.stream:
             gen = getattr(handle, METHODS[(kind, True)]).remote(req)
@@ -359,11 +356,8 @@ class Ingress(VllmPath):
                     break
                 if waited > cfg["timeout_s"]:
                     self._reject(name, "cold_start_timeout")
-                    err = TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in "
-                                    f"{retry_after_s(self.start_estimate[name], waited)}s.", 503,
-                                    "service_unavailable_error", None, "cold_start_timeout")
                     ticket.done(0)  # nothing was generated
-                    yield error_event(err.body())
+                    yield error_event(cold_start_timeout(name, waited, self.start_estimate[name]).body())
                     return
                 yield f": waiting for a replica of {name} ({waited:.0f}s)\n\n"
             gate.release()

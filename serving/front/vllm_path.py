@@ -36,6 +36,15 @@ def cold_start_timeout(name: str, waited: float, expected: float) -> TideError:
 class VllmPath:
     """Mixed into the Ingress deployment class (serving/ingress.py), whose state these methods use."""
 
+    def _hold_or_refuse(self, name: str, ticket: Pass) -> Response | None:
+        """Take one of the cold model's held-request places (both paths), or the 429 when none is left."""
+        if self.gates[name].try_hold():
+            return None
+        ticket.done(0)
+        self._reject(name, "too_many_held")
+        return retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
+                              "too_many_held_requests", retry_after_s(self.start_estimate[name], 0))
+
     async def _serve_vllm(self, request: Request, data: dict[str, Any], key: Any, deadline_s: float,
                           kind: str) -> Response:
         """Relay a request to vLLM's OpenAI layer in one of the model's replicas, with Tide's governance."""
@@ -88,11 +97,8 @@ class VllmPath:
         """Hold a request for a model with no running replica (bounded), as Tide's own path does. The call is
         made at once, so Serve's handle queues it and the autoscaler sees the demand."""
         gate, expected = self.gates[name], self.start_estimate[name]
-        if not gate.try_hold():
-            ticket.done(0)
-            self._reject(name, "too_many_held")
-            return retry_response(429, f"Too many requests are waiting for model `{name}` to start.",
-                                  "too_many_held_requests", retry_after_s(expected, 0))
+        if (refused := self._hold_or_refuse(name, ticket)) is not None:
+            return refused
         t0 = time.monotonic()
         gen = start()
         first = asyncio.ensure_future(gen.__anext__())
