@@ -34,7 +34,7 @@ ENGINE_ARGS = {"dtype": "float32", "enforce_eager": EAGER, "max_model_len": 1024
 ALL_CORES = sorted(os.sched_getaffinity(0))
 ENGINE_CORE = os.environ.get("TIDE_BENCH_BIND", str(ALL_CORES[-1]))  # VLLM_CPU_OMP_THREADS_BIND for all
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": ENGINE_CORE}
-SERVERS = ("vllm", "tide", "tide-vllm", "rayllm")
+SERVERS = ("vllm", "tide", "rayllm")
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
 
@@ -93,10 +93,8 @@ def make_servers(tmp: Path) -> dict[str, Server]:
     rayllm_cmd = [py, str(ROOT / "benchmarks" / "rayllm_server.py"), "--model", str(MODEL), "--port", "{port}",
                   "--engine-args", json.dumps(ENGINE_ARGS), "--env", json.dumps(ENGINE_ENV)]
     out = {}
-    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("tide-vllm", tide_cmd), ("rayllm", rayllm_cmd)):
+    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("rayllm", rayllm_cmd)):
         out[name] = Server(name, [c.replace("{port}", str(ports[name])) for c in cmd], ports[name])
-    # the same Tide, each request carrying a vLLM-only field (a no-op value): served by vLLM's own OpenAI layer
-    out["tide-vllm"].extra_body = {"repetition_penalty": 1.0}
     return out
 
 
@@ -263,8 +261,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--requests-per-worker", type=int, default=6)
     p.add_argument("--min-requests", type=int, default=16)
-    p.add_argument("--servers", nargs="+", default=["vllm", "tide", "rayllm"], choices=SERVERS,
-                   help="tide-vllm: Tide with every request sent through vLLM's OpenAI layer in the replica")
+    p.add_argument("--servers", nargs="+", default=["vllm", "tide", "rayllm"], choices=SERVERS)
     asyncio.run(main_async(p.parse_args()))
 
 

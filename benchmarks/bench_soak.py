@@ -115,7 +115,7 @@ def serve_actors() -> list[dict]:
 def _handle(model: str):
     from ray import serve
 
-    from serving.engine import APP_NAME, deployment_name
+    from serving.config import APP_NAME, deployment_name
 
     return serve.get_deployment_handle(deployment_name(model), app_name=APP_NAME)
 
@@ -138,7 +138,7 @@ def engine_unfinished(model: str) -> int:
 def kill_one_replica(model: str) -> dict:
     import ray
 
-    from serving.engine import deployment_name
+    from serving.config import deployment_name
 
     victims = [a for a in serve_actors() if a["role"] == deployment_name(model)]
     victim = random.choice(victims)

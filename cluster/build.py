@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from serving.config import TideConfig
-from serving.engine import APP_NAME
+from serving.config import APP_NAME
 from serving.launcher import serve_env
 
 RAY_VERSION = "2.60.0"

@@ -142,7 +142,7 @@ def _wait_port_released(host: str, port: int, timeout_s: float = 90.0) -> None:
 def _app_running() -> bool:
     from ray import serve
 
-    from serving.engine import APP_NAME
+    from serving.config import APP_NAME
 
     try:
         return APP_NAME in serve.status().applications
@@ -195,7 +195,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                  "(the Ray cluster keeps running; requests fail until the engines are back)")
             from ray import serve
 
-            from serving.engine import APP_NAME
+            from serving.config import APP_NAME
 
             serve.delete(APP_NAME)
             _wait_port_released(cfg.server.host, cfg.server.port)

@@ -9,7 +9,8 @@ from ray.serve import Application
 from .auth import resolve_env
 from .lora import adapter_cards
 from .config import TideConfig
-from .engine import APP_NAME, model_deployment
+from .config import APP_NAME
+from .engine import model_deployment
 from .ingress import Ingress
 
 def build_app(cfg: TideConfig) -> Application:

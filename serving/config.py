@@ -256,6 +256,9 @@ class TideConfig(_Strict):
         return next((m for m in self.models if m.name == name), None)
 
 
+APP_NAME = "tide"  # the Serve application Tide deploys
+
+
 def deployment_name(model_name: str) -> str:
     """The Serve deployment of a model (Serve names allow fewer characters than model names)."""
     return "model-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in model_name)

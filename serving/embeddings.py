@@ -190,6 +190,7 @@ class EmbeddingServer:
     check_health = LLMServer.check_health
     _openai_app = LLMServer._openai_app  # vLLM's own pooling and tokenization endpoints
     openai = LLMServer.openai
+    _replica_name = LLMServer._replica_name
     _load_adapters = LLMServer._load_adapters  # (a no-op here: embedding models have no adapters)
     record_autoscaling_stats = LLMServer.record_autoscaling_stats
     load = LLMServer.load

@@ -1,8 +1,8 @@
 """The model replica: a Ray Serve deployment that owns one vLLM AsyncLLM engine.
 
-It does everything that needs the model (chat template, tokenization, context checks, sampling params)
-and renders OpenAI bytes itself, so the ingress only forwards. A caller that goes away cancels the
-generator here, and vLLM's `generate()` aborts the request in the engine on that cancellation.
+Requests are served by vLLM's own OpenAI layer on that engine (`openai`, serving/replica/openai_app.py): the
+chat template, tokenization, context checks, sampling and the OpenAI bytes are vLLM's. A caller that goes
+away cancels the call, which vLLM sees as a client disconnect and aborts in the engine.
 """
 
 from __future__ import annotations
@@ -15,20 +15,15 @@ from typing import Any, AsyncIterator
 
 from ray import serve
 
-from .config import ModelConfig, deployment_name  # deployment_name re-exported: callers import it from here
-from .errors import TideError, bad_request, engine_dead, to_error
+from .config import APP_NAME, ModelConfig, deployment_name  # re-exported: older callers import them from here
+from .errors import engine_dead
 from .faults import engine_stuck
-from .guard import usage_comment
 from .loopback import bind_replica_grpc_to_node
-from .lora import engine_lora_args, lora_request, public_name, resolve_model
-from .protocol import ChatCompletionRequest, CompletionRequest, new_id
-from .render import Renderer, error_event
+from .lora import engine_lora_args, lora_request, public_name
 from .router import request_router_options
-from .validation import chat_prompt_ids, completion_prompt_ids, resolve_max_tokens
 
 logger = logging.getLogger("tide.engine")
-
-_Request = ChatCompletionRequest | CompletionRequest
+REPLICA_HEADER = "x-tide-replica"  # on every answer: the Serve replica that served it
 
 
 def _pin_cpu_threads(cfg: ModelConfig) -> None:
@@ -45,40 +40,6 @@ def _pin_cpu_threads(cfg: ModelConfig) -> None:
     cores = sorted(os.sched_getaffinity(0))
     # Core 0 hosts Ray's own processes and the HTTP path; engines start from the last core.
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[::-1][rank % len(cores)])
-
-
-async def _merge(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
-    """Interleave several engine streams (a completion with many prompts), tagging items with their index."""
-    if len(streams) == 1:
-        async for item in streams[0]:
-            yield 0, item
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(i: int, stream: AsyncIterator[Any]) -> None:
-        try:
-            async for item in stream:
-                await queue.put((i, item, None))
-        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
-            await queue.put((i, None, e))
-        finally:
-            await queue.put((i, done, None))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            i, item, exc = await queue.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                remaining -= 1
-                continue
-            yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str, Any]) -> None:
@@ -201,9 +162,10 @@ class LLMServer:
                 self._oai = None
             raise
 
-    async def openai(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[Any]:
-        """One HTTP request through vLLM's OpenAI app: yields (status, headers), then the body's bytes. Serves
-        what Tide's own path does not (tools, response_format, logprobs, /v1/responses, /tokenize, ...)."""
+    async def openai(self, method: str, path: str, body: bytes, headers: dict[str, str],
+                     prompt: Any = None, query: str = "") -> AsyncIterator[Any]:
+        """One HTTP request through vLLM's OpenAI app: yields (status, headers), then the body's bytes.
+        `prompt` is only for the prefix router (serving.router.request_prompt), which reads it off the call."""
         from .replica.openai_app import call_app
 
         self._ensure_pusher()
@@ -212,12 +174,32 @@ class LLMServer:
             raise engine_dead()
         await self._load_adapters()  # before any request names one (vLLM kills the engine on a failed load)
         responses = getattr(app.state, "openai_serving_responses", None)
-        if path == "/v1/responses" and responses is not None:
-            from .replica.responses_store import fetch_previous
+        if path.startswith("/v1/responses") and responses is not None:
+            from .replica.responses_store import fetch_previous, fetch_stored, stored_id
 
-            await fetch_previous(responses, self._responses_store, body)
-        async for item in call_app(app, method, path, body, headers):
-            yield item
+            if path == "/v1/responses":
+                await fetch_previous(responses, self._responses_store, body)
+            elif (rid := stored_id(path)) is not None:
+                await fetch_stored(responses, self._responses_store, rid)
+        try:
+            first = True
+            async for item in call_app(app, method, path, body, headers, query,
+                                       gap_s=self.cfg.stream_batch_ms / 1000.0):
+                if first:  # (status, headers): say which replica answered (logs, tests, client debugging)
+                    first = False
+                    item = (item[0], [*item[1], (REPLICA_HEADER, self._replica_name())])
+                yield item
+        except (asyncio.CancelledError, GeneratorExit):  # the caller left: vLLM aborts the request
+            self.stats.counters.on_abort()
+            raise
+
+    def _replica_name(self) -> str:
+        if getattr(self, "_name", None) is None:
+            try:
+                self._name = serve.get_replica_context().replica_id.unique_id
+            except Exception:  # outside Serve (tests that build the class directly)
+                self._name = str(os.getpid())
+        return self._name
 
     async def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
@@ -245,82 +227,6 @@ class LLMServer:
     async def info(self) -> dict[str, Any]:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
                 "engine_start_s": self.start_time_s}
-
-    # ---- requests ----
-    def _prepare(self, req: _Request) -> tuple[list[list[int]], Any, Renderer, Any]:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-
-        adapter = resolve_model(req.model, self.adapters).adapter  # `base:adapter` runs with that adapter
-
-        if isinstance(req, ChatCompletionRequest):
-            prompts, kind, param, prefix = [chat_prompt_ids(req, self.tokenizer)], "chat", "messages", "chatcmpl"
-        else:
-            prompts = completion_prompt_ids(req, self.tokenizer, self.vocab_size)
-            kind, param, prefix = "completion", "prompt", "cmpl"
-        lens = [len(p) for p in prompts]
-        max_tokens = resolve_max_tokens(lens, req.requested_max_tokens(), self.max_model_len, param)
-        try:
-            params = SamplingParams(**req.sampling_kwargs(max_tokens), output_kind=RequestOutputKind.DELTA)
-        except Exception as e:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
-            raise bad_request(str(e)) from None
-        renderer = Renderer(kind, new_id(prefix), req.model, int(time.time()), req.n, lens, req.include_usage)
-        return prompts, params, renderer, lora_request(self.cfg.lora, adapter, self.cfg.name)
-
-    def _generate(self, prompts: list[list[int]], params: Any, request_id: str,
-                  lora: Any = None) -> AsyncIterator[tuple[int, Any]]:
-        if self.engine.errored:
-            raise engine_dead()
-        streams = [
-            self.engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-{i}", lora_request=lora)
-            for i, ids in enumerate(prompts)
-        ]
-        return _merge(streams)
-
-    async def _whole(self, req: _Request) -> bytes:
-        self._ensure_pusher()
-        prompts, params, renderer, lora = self._prepare(req)
-        if lora is not None:  # base-model requests never wait for (or fail with) the adapters
-            await self._load_adapters()
-        try:
-            async for i, out in self._generate(prompts, params, renderer.request_id, lora):
-                renderer.add(i, out)
-        except asyncio.CancelledError:  # the caller went away: vLLM aborts the request on this cancellation
-            self.stats.counters.on_abort()
-            raise
-        return renderer.response_bytes()
-
-    async def _stream(self, req: _Request) -> AsyncIterator[str]:
-        self._ensure_pusher()
-        prompts, params, renderer, lora = self._prepare(req)  # errors here reach the ingress before any byte
-        if lora is not None:
-            await self._load_adapters()
-        yield renderer.start()
-        gap_s = self.cfg.stream_batch_ms / 1000.0
-        try:
-            async for i, out in self._generate(prompts, params, renderer.request_id, lora):
-                chunk = renderer.delta(i, out)
-                if chunk:
-                    yield chunk
-                    if gap_s:  # meanwhile vLLM merges this request's next steps into one delta
-                        await asyncio.sleep(gap_s)
-        except (asyncio.CancelledError, GeneratorExit):
-            self.stats.counters.on_abort()
-            raise
-        except Exception as e:  # the stream has started: say it in-band, then end
-            yield error_event(to_error(e).body())
-            return
-        yield renderer.end()
-        yield usage_comment(renderer.usage())  # for the ingress's per-key token accounting; it strips this
-
-    async def chat(self, req: ChatCompletionRequest) -> bytes:
-        return await self._whole(req)
-
-    async def completion(self, req: CompletionRequest) -> bytes:
-        return await self._whole(req)
-
-    # Streaming methods must be async generators themselves (Serve streams what they yield).
-    chat_stream = _stream
-    completion_stream = _stream
 
     def __del__(self):
         engine = getattr(self, "engine", None)
@@ -367,7 +273,6 @@ def model_deployment(cfg: ModelConfig):
     return serve.deployment(LLMServer).options(**options)
 
 
-APP_NAME = "tide"  # the Serve application Tide deploys
 
 
-__all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name", "TideError"]
+__all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name"]

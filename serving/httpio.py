@@ -70,7 +70,7 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
 
 def replica_counts(names: list[str]) -> dict[str, tuple[int, int]]:
     """(running, total) replicas per model, from the Serve controller. Empty when it cannot be asked."""
-    from .engine import APP_NAME, deployment_name
+    from .config import APP_NAME, deployment_name
 
     try:
         app = serve.status().applications.get(APP_NAME)

@@ -10,31 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admission import AdmissionConfig
-from .calls import awaited, call_whole, forward, open_stream
-from .coldstart import HoldGate, retry_after_s, update_start_estimate
+from .coldstart import HoldGate, update_start_estimate
 from .config import ServerConfig
 from .errors import bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
-from .guard import Guard, Pass, Refused, body_usage
-from .lora import resolve_model
+from .guard import Guard, Refused
 from .loopback import bind_replica_grpc_to_node
-from .httpio import SSE_HEADERS, error_response, read_json, replica_counts, retry_response
+from .httpio import error_response, read_json, replica_counts
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
-from .front.vllm_path import VllmPath, cold_start_timeout
-from .render import error_event
+from .front.vllm_path import VllmPath
 from .status import fleet_status, metrics_text
 from .web import router as web_router
 from .openapi_schema import install as install_openapi, request_body
@@ -44,9 +41,6 @@ app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Se
 app.include_router(web_router)  # the chat and status pages (plain static files)
 install_openapi(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TokenizeRequest, DetokenizeRequest,
                 ResponsesRequest)  # request bodies in /openapi.json
-# (kind, stream) -> the model deployment's method
-METHODS = {("chat", False): "chat", ("chat", True): "chat_stream", ("completion", False): "completion",
-           ("completion", True): "completion_stream", ("embed", False): "embed"}
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -228,6 +222,15 @@ class Ingress(VllmPath):
         """OpenAI's Responses API, answered by vLLM's own layer in the model's replica."""
         return await self._serve(request, None, "vllm")
 
+    @app.get("/v1/responses/{response_id}")
+    async def get_response(self, request: Request, response_id: str) -> Response:
+        """A stored response (any replica of any generating model reads the shared store)."""
+        return await self._serve_stored(request, response_id)
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(self, request: Request, response_id: str) -> Response:
+        return await self._serve_stored(request, response_id)
+
     @app.post("/tokenize", openapi_extra=request_body(TokenizeRequest))
     async def tokenize(self, request: Request) -> Response:
         return await self._serve(request, None, "vllm")
@@ -248,10 +251,6 @@ class Ingress(VllmPath):
     async def pooling(self, request: Request) -> Response:
         return await self._serve(request, None, "vllm")
 
-    def _start(self, model: str, kind: str, stream: bool, req: Any) -> Any:
-        """A call to the model's deployment (Serve picks the replica; a retry may land on another)."""
-        return getattr((self.streams if stream else self.models)[model], METHODS[(kind, stream)]).remote(req)
-
     def _check_task(self, model: str, kind: str) -> None:
         if (kind == "embed") != (self.cold[model].get("task") == "embed"):
             what = "embeddings" if kind == "embed" else "chat or text completions"
@@ -264,118 +263,20 @@ class Ingress(VllmPath):
         return note
 
     async def _serve(self, request: Request, schema: type | None, kind: str) -> Response:
-        ticket: Pass | None = None
-        model = "*"
+        """Every model request: Tide's checks and governance here, then vLLM's own OpenAI layer in a replica
+        of the model (serving/front/vllm_path.py). `schema`: Tide's stricter model of the body, applied when the
+        body stays inside it (a field vLLM adds, or a message shape beyond it, leaves the checks to vLLM)."""
         try:
             key = self.guard.check_key(request.url.path, request.headers)  # 401 before the body is read
             deadline_s = request_deadline_s(request.headers.get(TIMEOUT_HEADER), self.server.request_timeout_s)
             data = await read_json(request, self.server.max_body_bytes)
-            if schema is None or needs_vllm(kind, data, frozenset(schema.model_fields)):
-                return await self._serve_vllm(request, data, key, deadline_s, kind)
-            try:
-                req = schema.model_validate(data)
-            except ValidationError as e:
-                raise to_error(e) from None
-            model = resolve_model(req.model, self.adapters).base  # unknown model or adapter -> 404
-            handle = self._handle(model, stream=req.stream)
-            self._check_task(model, kind)
-            capacity = await self._capacity(model)
-            cold = self._is_cold(model)
-            # per-key rate limit, then the model's bounded queue (capacity: running replicas x max_num_seqs)
-            ticket = self.guard.admit(model, key, req, capacity, self.cards.get(model, {}).get("max_model_len"))
-            if cold:
-                t, ticket = ticket, None  # the held path owns the ticket from here
-                return await self._serve_cold(model, req, kind, handle, deadline_s, t)
-            retries, note = self.server.replica_retries, self._retried(model)
-            if not req.stream:
-                body = await call_whole(lambda: self._start(model, kind, False, req), request, deadline_s,
-                                        retries, note)
-                ticket.done(body_usage(body))
-                return Response(body, media_type="application/json", headers=ticket.headers)
-            # validation errors surface with the first chunk, before any header is sent
-            gen, first = await open_stream(lambda: self._start(model, kind, True, req), deadline_s, retries, note)
-        except Refused as r:
-            return self._refused(model, r)
-        except asyncio.CancelledError:  # the client went away (direct ingress cancels the handler)
-            if ticket is not None:
-                ticket.done(None)
-            raise
+            if schema is not None and not needs_vllm(kind, data, frozenset(schema.model_fields)):
+                try:
+                    schema.model_validate(data)  # 400s naming the field, unknown roles and fields refused
+                except ValidationError as e:
+                    raise to_error(e) from None
+            return await self._serve_vllm(request, data, key, deadline_s, kind)
+        except Refused as r:  # a key refused before any model was read
+            return self._refused("*", r)
         except Exception as e:
-            err = to_error(e)
-            if ticket is not None:
-                ticket.failed(err.status)
-            return error_response(err)
-        return StreamingResponse(forward(first, gen, deadline_s, ticket.done), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **ticket.headers})
-
-    async def _serve_cold(self, name: str, req: Any, kind: str, handle: DeploymentHandle, deadline_s: float,
-                          ticket: Pass) -> Response:
-        """Hold a request until the model has a replica (bounded), so a cold model answers instead of failing."""
-        cfg, gate = self.cold[name], self.gates[name]
-        expected = self.start_estimate[name]
-        if (refused := self._hold_or_refuse(name, ticket)) is not None:
-            return refused
-        t0 = time.monotonic()
-        if req.stream:
-            gen = getattr(handle, METHODS[(kind, True)]).remote(req)
-            first = asyncio.ensure_future(gen.__anext__())
-            return StreamingResponse(self._held_stream(name, first, gen, t0, cfg, gate, deadline_s, ticket),
-                                     media_type="text/event-stream", headers={**SSE_HEADERS, **ticket.headers})
-        call = getattr(handle, METHODS[(kind, False)]).remote(req)
-        task = asyncio.ensure_future(awaited(call))
-        try:
-            while not task.done() and self.counts.get(name, (0, 0))[0] == 0:
-                waited = time.monotonic() - t0
-                if waited > cfg["timeout_s"]:
-                    task.cancel()
-                    ticket.done(0)
-                    self._reject(name, "cold_start_timeout")
-                    return retry_response(503, f"Model `{name}` is starting and was not ready after {waited:.0f}s.",
-                                           "cold_start_timeout", retry_after_s(expected, waited))
-                await asyncio.wait({task}, timeout=0.25)
-            self._observed_start(name, t0)
-        finally:
-            gate.release()
-        try:
-            body = await asyncio.wait_for(task, max(deadline_s - (time.monotonic() - t0), 0.001))
-        except Exception as e:
-            err = to_error(e)
-            ticket.failed(err.status)
-            return error_response(err)
-        ticket.done(body_usage(body))
-        return Response(body, media_type="application/json", headers=ticket.headers)
-
-    async def _held_stream(self, name, first, gen, t0, cfg, gate, deadline_s, ticket) -> AsyncIterator[str]:
-        """SSE comment heartbeats while the model starts, then the stream itself (or an in-band 503)."""
-        released = False
-        try:
-            while not first.done():
-                await asyncio.wait({first}, timeout=self.server.heartbeat_s)
-                waited = time.monotonic() - t0
-                if first.done():
-                    break
-                if waited > cfg["timeout_s"]:
-                    self._reject(name, "cold_start_timeout")
-                    ticket.done(0)  # nothing was generated
-                    yield error_event(cold_start_timeout(name, waited, self.start_estimate[name]).body())
-                    return
-                yield f": waiting for a replica of {name} ({waited:.0f}s)\n\n"
-            gate.release()
-            released = True
-            self._observed_start(name, t0)
-            try:
-                chunk = first.result()
-            except Exception as e:
-                err = to_error(e)
-                ticket.failed(err.status)
-                yield error_event(err.body())
-                return
-            async for c in forward(chunk, gen, max(deadline_s - (time.monotonic() - t0), 0.001), ticket.done):
-                yield c
-        finally:
-            ticket.done(None)  # a no-op when the stream already settled
-            if not released:
-                gate.release()
-            if not first.done():
-                first.cancel()
-
+            return error_response(to_error(e))

@@ -1,13 +1,14 @@
-"""Requests that vLLM's own OpenAI layer answers in the model replica (serving/replica/openai_app.py).
-
-The ingress keeps its governance for them (keys, per-key limits, the bounded queue, routing by `model`,
-deadlines) and relays the replica's bytes untouched. Which requests go there is a pure decision:
-- endpoints Tide has no handler of its own for (`/v1/responses`, `/tokenize`, `/detokenize`, and the pooling
-  routes `/score`, `/rerank`, `/pooling`, `/classify`, `/v2/embed` where the model's task has them);
-- chat and text completions that use a field vLLM 0.32 declares and Tide's own path does not (tools,
-  `response_format`, logprobs, `echo`, vLLM's sampling extensions, ...) or, for chat, a message shape beyond
-  Tide's (tool calls and tool results, non-text content parts).
-A field neither knows stays a 400 from Tide (vLLM would ignore it silently), and so does an unknown `role`.
+"""What the ingress reads of a request bound for vLLM's own OpenAI layer in a model replica
+(serving/replica/openai_app.py), and how it relays the answer. Every model request goes there; the ingress
+keeps its governance (keys, per-key limits, the bounded queue, routing by `model`, deadlines) and relays the
+replica's bytes untouched. Pure decisions here:
+- whether Tide's own checks apply first (`needs_vllm`): a chat or text completion body within the OpenAI
+  fields Tide models (serving/protocol.py) is checked there, so a bad field gets a 400 naming it; a body that
+  uses a field only vLLM declares (vLLM's sampling extensions, `prompt_logprobs`, `structured_outputs`, ...)
+  or, for chat, a message shape beyond Tide's (tool calls and tool results, non-text content parts) is left
+  to vLLM's own validation. A field neither knows stays a 400 from Tide (vLLM would ignore it silently), and
+  so does an unknown `role`;
+- the token estimate the rate limits charge (`VllmRequest`), the usage a stream settles with.
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ import json
 import re
 from typing import Any, AsyncIterator, Callable, Mapping
 
-from .errors import error_body, to_error
+from .calls import timed_out
+from .errors import to_error
 from .render import error_event
 
-# Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's own protocol does not declare
+# Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's protocol does not declare
 # (tests/unit/test_passthrough.py checks them against vLLM's models, so an upgrade that renames one fails).
 VLLM_SHARED = frozenset({
-    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "echo", "include_stop_str_in_output",
-    "length_penalty", "logit_bias", "logprobs", "min_p", "priority", "prompt_logprobs", "repetition_penalty",
-    "request_id", "response_format", "return_token_ids", "return_tokens_as_token_ids", "skip_special_tokens",
+    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "include_stop_str_in_output",
+    "length_penalty", "logit_bias", "min_p", "priority", "prompt_logprobs", "repetition_penalty",
+    "request_id", "return_token_ids", "return_tokens_as_token_ids", "skip_special_tokens",
     "spaces_between_special_tokens", "stop_token_ids", "structured_outputs", "truncate_prompt_tokens",
     "use_beam_search", "vllm_xargs",
 })
 VLLM_ONLY_FIELDS: dict[str, frozenset[str]] = {
     "chat": VLLM_SHARED | {
         "add_generation_prompt", "chat_template", "chat_template_kwargs", "continue_final_message", "documents",
-        "include_reasoning", "parallel_tool_calls", "reasoning_effort", "tool_choice", "tools", "top_logprobs",
+        "echo", "include_reasoning", "reasoning_effort",
     },
-    "completion": VLLM_SHARED,
+    "completion": VLLM_SHARED | {"response_format"},
     "embed": frozenset({
         "add_special_tokens", "cache_salt", "embed_dtype", "endianness", "priority", "request_id",
         "truncate_prompt_tokens", "truncation_side", "use_activation",
@@ -49,7 +51,8 @@ _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 
 
 def needs_vllm(kind: str, data: Mapping[str, Any], tide_fields: frozenset[str]) -> bool:
-    """Whether a chat (`kind` "chat") or text completion body goes to vLLM's layer rather than Tide's path."""
+    """Whether a chat (`kind` "chat"), text completion or embeddings body is left to vLLM's own checks rather
+    than Tide's (see the module docstring)."""
     messages = data.get("messages")
     if kind == "chat" and isinstance(messages, list) and any(
             not isinstance(m, dict) or m.get("role") not in TIDE_ROLES for m in messages):
@@ -97,13 +100,21 @@ def drop_usage_event(buffer: bytes) -> tuple[bytes, bytes]:
     return b"".join(e + b"\n\n" for e in out), rest
 
 
-async def relay(gen: Any, deadline_s: float, sse: bool, on_done: Callable[[int | None], None],
+async def relay(gen: Any, deadline_s: float, on_done: Callable[[int | None], None],
                 hide_usage: bool = False) -> AsyncIterator[bytes]:
-    """The replica's body chunks as they come, within the deadline; the tokens used go to `on_done` (the last
-    usage object seen). `hide_usage`: the stream's usage chunk was Tide's own ask (`with_stream_usage`) and is
-    not sent. A failure after the body started becomes an SSE error event on a stream."""
+    """A stream's chunks from the replica as they come, within the deadline; the tokens used go to `on_done`
+    (the last usage object seen). `hide_usage`: the stream's usage chunk was Tide's own ask
+    (`with_stream_usage`) and is not sent. A failure or the deadline after the stream started becomes an SSE
+    error event (200 is already sent); a client that goes away cancels the call (vLLM aborts the request)."""
     tail = pending = b""
-    timer = asyncio.get_running_loop().call_later(deadline_s, gen.cancel)
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        gen.cancel()
+
+    timer = asyncio.get_running_loop().call_later(deadline_s, expire)
+    finished = False
     try:
         async for chunk in gen:
             tail = (tail + chunk)[-2048:]
@@ -112,41 +123,28 @@ async def relay(gen: Any, deadline_s: float, sse: bool, on_done: Callable[[int |
                 if not chunk:
                     continue
             yield chunk
+        finished = True
         if pending:
             yield pending
         on_done(usage_tokens(tail))
-    except asyncio.CancelledError:
+    except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - the replica died, or the deadline passed
         on_done(None)
-        raise
-    except Exception as e:  # noqa: BLE001 - the replica died or the deadline passed mid-body
-        on_done(None)
-        if sse:
+        if expired:
+            yield error_event(timed_out(deadline_s).body()).encode()
+        elif isinstance(e, asyncio.CancelledError):
+            raise  # the client went away
+        else:
             yield error_event(to_error(e).body()).encode()
     finally:
         timer.cancel()
+        if not finished and not expired:
+            gen.cancel()  # the client left: stop the replica's work
         on_done(None)  # a no-op once settled
-
-
-def openai_error_bytes(status: int, body: bytes) -> bytes:
-    """An error body from vLLM's app as an OpenAI error object (its own errors already are; FastAPI's
-    `{"detail": ...}` for an unknown route or a 422 are not)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict) and {"message", "type"} <= set(data["error"]):
-        e = data["error"]
-        return json.dumps(error_body(str(e["message"]), str(e["type"]), e.get("param"), e.get("code"))).encode()
-    detail = data.get("detail") if isinstance(data, dict) else None
-    message = detail if isinstance(detail, str) else json.dumps(detail) if detail else body[:500].decode(
-        "utf-8", "replace") or f"HTTP {status}"
-    kind = "not_found_error" if status == 404 else "invalid_request_error" if status < 500 else "server_error"
-    return json.dumps(error_body(message, kind)).encode()
 
 
 def head_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
     """The replica's response headers worth relaying (the ingress sets its own framing)."""
-    keep = {"content-type", "cache-control", "x-request-id"}
+    keep = {"content-type", "cache-control", "x-request-id", "x-tide-replica"}
     return {k: v for k, v in headers if k.lower() in keep}
 
 

@@ -72,7 +72,12 @@ def request_prompt(method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) 
 
     The ingress calls `chat(req)`, `completion(req)` and their `_stream` twins with one request object
     (serving.protocol), passed positionally; dicts of the same shape work too (other callers, tests).
+    An `openai(...)` call (vLLM's layer in the replica) carries the prompt the ingress read of its body as
+    the `prompt` keyword (`routing_prompt`), so the body is not parsed again here.
     """
+    if method == "openai":
+        prompt = kwargs.get("prompt")
+        return prompt if isinstance(prompt, (str, list)) else None
     if method not in PROMPT_METHODS:
         return None
     req = args[0] if args else next(iter(kwargs.values()), None)
@@ -84,6 +89,15 @@ def request_prompt(method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) 
     if isinstance(model, str) and ":" in model and isinstance(prompt, str):
         prompt = f"[{model}]{prompt}"  # vLLM's prefix cache is per LoRA adapter: `base:a` shares nothing with base
     return prompt
+
+
+def routing_prompt(data: Mapping[str, Any]) -> Prompt | None:
+    """What the router keys a chat or text completion body on (see `request_prompt`); None for a body whose
+    shape it cannot read (vLLM's layer answers that one, usually with a 400)."""
+    try:
+        return request_prompt("chat" if "messages" in data else "completion", [data], {})
+    except (AttributeError, TypeError):
+        return None
 
 
 def queue_lengths(replicas: Iterable[R], key: Callable[[R], Hashable],

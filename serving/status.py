@@ -10,7 +10,7 @@ from .prometheus import render_prometheus
 
 
 def _deployment(model: str) -> str:
-    from .engine import deployment_name  # light: engine imports vLLM lazily
+    from .config import deployment_name
 
     return deployment_name(model)
 

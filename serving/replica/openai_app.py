@@ -15,6 +15,7 @@ import types
 from typing import Any, AsyncIterator, Mapping
 
 Head = tuple[int, list[tuple[str, str]]]  # (status, headers) of an ASGI response
+CANCEL_AFTER_S = 10.0
 
 
 def vllm_args(model: str, served_name: str, server_args: Mapping[str, Any]) -> Any:
@@ -68,10 +69,13 @@ def _scope(method: str, path: str, query: str, headers: Mapping[str, str]) -> di
 
 
 async def call_app(app: Any, method: str, path: str, body: bytes, headers: Mapping[str, str],
-                   query: str = "") -> AsyncIterator[Head | bytes]:
+                   query: str = "", gap_s: float = 0.0) -> AsyncIterator[Head | bytes]:
     """Run one request through the ASGI `app`: yields (status, headers) first, then the body's chunks.
 
-    Closing or cancelling the iterator disconnects the client: vLLM's handlers then stop and abort."""
+    `gap_s`: from the second chunk on, wait this long after each and send what the app wrote meanwhile as
+    one chunk (the first token is never delayed). Each yield is one Ray streaming item, so under load this cuts
+    the per-token hops (ModelConfig.stream_batch_ms). Closing or cancelling the iterator disconnects the
+    client: vLLM's handlers then stop and abort."""
     sent: asyncio.Queue = asyncio.Queue()
     gone = asyncio.Event()
     delivered = False
@@ -94,21 +98,38 @@ async def call_app(app: Any, method: str, path: str, body: bytes, headers: Mappi
             await sent.put(None)
 
     task = asyncio.get_running_loop().create_task(run())
+    held: list[Any] = []  # a message taken early while merging chunks
+    chunks = 0
     try:
         while True:
-            msg = await sent.get()
+            msg = held.pop() if held else await sent.get()
             if msg is None:
                 task.result()  # re-raise what the app raised (FastAPI answers errors itself)
                 return
             if msg["type"] == "http.response.start":
                 yield msg["status"], [(k.decode("latin-1"), v.decode("latin-1")) for k, v in msg.get("headers", [])]
-            elif msg["type"] == "http.response.body":
-                if msg.get("body"):
-                    yield bytes(msg["body"])
-                if not msg.get("more_body", False):
-                    return
+                continue
+            if msg["type"] != "http.response.body":
+                continue
+            parts, more = [msg.get("body") or b""], msg.get("more_body", False)
+            while more and not sent.empty():  # what the app wrote meanwhile travels as one chunk
+                nxt = sent.get_nowait()
+                if nxt is None or nxt["type"] != "http.response.body":
+                    held.append(nxt)  # the app ended: the loop's next turn sees it
+                    break
+                parts.append(nxt.get("body") or b"")
+                more = nxt.get("more_body", False)
+            chunk = b"".join(parts)
+            if chunk:
+                yield chunk
+                chunks += 1
+            if not more:
+                return
+            if gap_s and chunks > 1:  # a chat stream's first event is the role alone: the first token follows
+                await asyncio.sleep(gap_s)
     finally:
+        # The app sees the client leave (vLLM's handlers listen for it and abort in the engine). Cancelling the
+        # app's task instead would orphan the handler task vLLM's `with_cancellation` runs beside its listener.
         gone.set()
         if not task.done():
-            await asyncio.sleep(0)  # let a streaming handler see the disconnect first
-            task.cancel()
+            asyncio.get_running_loop().call_later(CANCEL_AFTER_S, task.cancel)  # a handler that never listens

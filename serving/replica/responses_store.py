@@ -121,10 +121,24 @@ def share(serving: Any, store: Any) -> None:
     serving.msg_store = SharedDict(publisher("messages"), serving.msg_store)
 
 
+def stored_id(path: str) -> str | None:
+    """The response id of `/v1/responses/{id}` or `/v1/responses/{id}/cancel` (None for other paths)."""
+    parts = path.strip("/").split("/")
+    if parts[:2] != ["v1", "responses"] or len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "cancel"):
+        return None
+    return parts[2] or None
+
+
 async def fetch_previous(serving: Any, store: Any, body: bytes) -> None:
     """Copy the response a follow-up continues into this replica's stores when another replica wrote it."""
     rid = previous_response_id(body)
-    if rid is None or rid in serving.response_store:
+    if rid is not None:
+        await fetch_stored(serving, store, rid)
+
+
+async def fetch_stored(serving: Any, store: Any, rid: str) -> None:
+    """Copy response `rid` into this replica's stores when another replica wrote it (absent: vLLM's 404)."""
+    if rid in serving.response_store:
         return
     found = await store.get.remote(rid)
     if "messages" in found:

@@ -1,6 +1,6 @@
 """Tide's Python SDK: typed calls to served models, over HTTP (`TideClient`, `AsyncTideClient`) or, on the
-cluster, through Serve handles (`get_model`). Both return the HTTP API's pydantic models
-(`serving.protocol.ChatCompletion`, `ChatCompletionChunk`, `Completion`) and raise the typed errors below.
+cluster, through Serve handles (`get_model`). Both return the `openai` package's types (`ChatCompletion`,
+`ChatCompletionChunk`, `Completion`: what vLLM's layer in the replica answers) and raise the typed errors below.
 """
 
 from ..errors import TideError

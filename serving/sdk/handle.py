@@ -3,26 +3,34 @@
     from serving.sdk import get_model
     connect("auto")                                # or ray.init(address=...); not needed inside a Serve replica
     tiny = get_model("tiny")
-    reply = tiny.chat([{"role": "user", "content": "Hi"}], max_tokens=16)   # -> protocol.ChatCompletion
+    reply = tiny.chat([{"role": "user", "content": "Hi"}], max_tokens=16)   # -> openai ChatCompletion
     for chunk in tiny.chat_stream([...], max_tokens=16): ...                  # -> ChatCompletionChunk
 
-Calls go straight to the model's deployment (`LLMServer`), which renders the same JSON and SSE the HTTP API
-sends; they are parsed back into the protocol's pydantic models, and errors become the SDK's typed errors.
+Calls go straight to the model's deployment (`LLMServer.openai`: vLLM's own OpenAI layer in the replica), which
+sends the same JSON and SSE the HTTP API does; they are parsed into the `openai` package's types, and errors
+become the SDK's typed errors. Every field the HTTP API takes works here too (tools, response_format, ...).
 Note: a handle call skips the ingress, so it is not held while a scaled-to-zero model starts; Serve queues it.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from ..engine import APP_NAME, deployment_name
-from ..protocol import ChatCompletion, ChatCompletionChunk, Completion
-from .errors import ConnectionFailed, ModelNotFound, TideAPIError, Unavailable, from_exception
-from .wire import Kind, SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from ..config import APP_NAME, deployment_name
+from ..front.vllm_errors import openai_error_bytes
+from .errors import ConnectionFailed, ModelNotFound, TideAPIError, Unavailable, from_body, from_exception
+from .wire import PATHS, Kind, SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response
 
 Messages = list[dict[str, Any]]
+_JSON = {"content-type": "application/json"}
+ErrorOf = Callable[[int, bytes], TideAPIError]  # (status, vLLM's error body) -> the typed error
 
 
 def use_ray_token_auth() -> bool:
@@ -96,65 +104,83 @@ class ModelHandle:
 
     # ---- whole responses ----
     def chat(self, messages: Messages, **params: Any) -> ChatCompletion:
-        """Chat completion; `params` are the request fields of the HTTP API (max_tokens, temperature, ...)."""
-        return self._call("chat", "chat", {"messages": messages, **params})
+        """Chat completion; `params` are the request fields of the HTTP API (max_tokens, temperature, tools, ...)."""
+        return self._call("chat", {"messages": messages, **params})
 
     def complete(self, prompt: Any, **params: Any) -> Completion:
         """Text completion of a string, token ids, or a list of either."""
-        return self._call("completion", "completion", {"prompt": prompt, **params})
+        return self._call("completion", {"prompt": prompt, **params})
 
     async def achat(self, messages: Messages, **params: Any) -> ChatCompletion:
-        return await self._acall("chat", "chat", {"messages": messages, **params})
+        return await self._acall("chat", {"messages": messages, **params})
 
     async def acomplete(self, prompt: Any, **params: Any) -> Completion:
-        return await self._acall("completion", "completion", {"prompt": prompt, **params})
+        return await self._acall("completion", {"prompt": prompt, **params})
 
     # ---- streams ----
     def chat_stream(self, messages: Messages, **params: Any) -> Iterator[ChatCompletionChunk]:
         """Yields chunks as the engine produces them; ends after the last one (the server's [DONE])."""
-        return self._iter("chat", "chat_stream", {"messages": messages, **params})
+        return chunks_from_events("chat", _events(self._open("chat", True, {"messages": messages, **params})))
 
     def complete_stream(self, prompt: Any, **params: Any) -> Iterator[Completion]:
-        return self._iter("completion", "completion_stream", {"prompt": prompt, **params})
+        return chunks_from_events("completion", _events(self._open("completion", True, {"prompt": prompt, **params})))
 
     def achat_stream(self, messages: Messages, **params: Any) -> AsyncIterator[ChatCompletionChunk]:
-        return self._aiter("chat", "chat_stream", {"messages": messages, **params})
+        return _achunks("chat", self._open("chat", True, {"messages": messages, **params}))
 
     def acomplete_stream(self, prompt: Any, **params: Any) -> AsyncIterator[Completion]:
-        return self._aiter("completion", "completion_stream", {"prompt": prompt, **params})
+        return _achunks("completion", self._open("completion", True, {"prompt": prompt, **params}))
 
     # ---- plumbing ----
-    def _call(self, kind: Kind, method: str, fields: dict[str, Any]) -> Any:
-        req = build_request(kind, self.name, False, **fields)
+    def _open(self, kind: Kind, stream: bool, fields: dict[str, Any]) -> tuple[Any, ErrorOf]:
+        """Start the call: (status, headers) first, then the body's bytes (a bad argument raises before)."""
+        from ..router import routing_prompt
+
+        data = build_request(kind, self.name, stream, **fields)
+        gen = self._stream.openai.remote("POST", PATHS[kind], json.dumps(data).encode(), _JSON,
+                                         prompt=routing_prompt(data))
+        return gen, lambda status, body: from_body(status, json.loads(openai_error_bytes(status, body, PATHS[kind],
+                                                                                          data)))
+
+    def _call(self, kind: Kind, fields: dict[str, Any]) -> Any:
+        gen, error = self._open(kind, False, fields)
         try:
-            body = getattr(self._handle, method).remote(req).result()
+            items = iter(gen)
+            status, _ = next(items)
+            body = b"".join(items)
         except Exception as e:
             raise from_exception(e) from None
+        if status >= 400:
+            raise error(status, body)
         return parse_response(kind, body)
 
-    async def _acall(self, kind: Kind, method: str, fields: dict[str, Any]) -> Any:
-        req = build_request(kind, self.name, False, **fields)
+    async def _acall(self, kind: Kind, fields: dict[str, Any]) -> Any:
+        gen, error = self._open(kind, False, fields)
         try:
-            body = await getattr(self._handle, method).remote(req)
+            status, _ = await gen.__anext__()
+            body = b"".join([c async for c in gen])
         except Exception as e:
             raise from_exception(e) from None
+        if status >= 400:
+            raise error(status, body)
         return parse_response(kind, body)
 
-    def _iter(self, kind: Kind, method: str, fields: dict[str, Any]) -> Iterator[Any]:
-        req = build_request(kind, self.name, True, **fields)  # raises before the generator starts
-        gen = getattr(self._stream, method).remote(req)
-        return chunks_from_events(kind, _events(gen))
 
-    def _aiter(self, kind: Kind, method: str, fields: dict[str, Any]) -> AsyncIterator[Any]:
-        req = build_request(kind, self.name, True, **fields)
-        gen = getattr(self._stream, method).remote(req)
-        return _achunks(kind, gen)
+def _texts(chunks: Iterable[bytes]) -> Iterator[str]:
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    for chunk in chunks:
+        yield utf8.decode(chunk)
 
 
-def _events(gen: Any) -> Iterator[str]:
+def _events(opened: tuple[Any, ErrorOf]) -> Iterator[str]:
+    gen, error = opened
     decoder = SSEDecoder()
     try:
-        for text in gen:
+        items = iter(gen)
+        status, _ = next(items)
+        if status >= 400:
+            raise error(status, b"".join(items))
+        for text in _texts(items):
             yield from decoder.feed(text)
     except TideAPIError:
         raise
@@ -167,15 +193,19 @@ def _events(gen: Any) -> Iterator[str]:
         yield last
 
 
-async def _achunks(kind: Kind, gen: Any) -> AsyncIterator[Any]:
-    decoder = SSEDecoder()
+async def _achunks(kind: Kind, opened: tuple[Any, ErrorOf]) -> AsyncIterator[Any]:
+    gen, error = opened
+    decoder, utf8 = SSEDecoder(), codecs.getincrementaldecoder("utf-8")()
     try:
-        async for text in gen:
-            for data in decoder.feed(text):
-                chunk = event_chunk(kind, data)
-                if chunk is None:
+        status, _ = await gen.__anext__()
+        if status >= 400:
+            raise error(status, b"".join([c async for c in gen]))
+        async for chunk in gen:
+            for data in decoder.feed(utf8.decode(chunk)):
+                chunk_ = event_chunk(kind, data)
+                if chunk_ is None:
                     return
-                yield chunk
+                yield chunk_
     except TideAPIError:
         raise
     except Exception as e:

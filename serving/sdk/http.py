@@ -1,7 +1,8 @@
 """A small HTTP client for Tide from outside the cluster: sync (`TideClient`) and async (`AsyncTideClient`).
 
-Thin on purpose: httpx for the transport, the server's own protocol models for requests and responses,
-and the SDK's typed errors for OpenAI-shaped error bodies. For everything else, use the `openai` package.
+Thin on purpose: httpx for the transport, the ingress's own checks for requests, the `openai` package's
+types for responses, and the SDK's typed errors for OpenAI-shaped error bodies. For everything else, use
+the `openai` package itself.
 
     with TideClient("http://127.0.0.1:8000") as tide:
         print(tide.chat("tiny", [{"role": "user", "content": "Hi"}], max_tokens=16).choices[0].message.content)
@@ -14,12 +15,14 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-from ..protocol import ChatCompletion, ChatCompletionChunk, Completion, ModelList
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from ..protocol import ModelList
 from .errors import ConnectionFailed, TideAPIError, from_body
-from .wire import Kind, SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response, request_json
+from .wire import PATHS, Kind, SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response
 
 Messages = list[dict[str, Any]]
-_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
 
 def base_url(url: str) -> str:
@@ -90,7 +93,7 @@ class TideClient:
     def _post(self, kind: Kind, model: str, fields: dict[str, Any]) -> Any:
         req = build_request(kind, model, False, **fields)
         try:
-            resp = self._http.post(_PATHS[kind], json=request_json(req))
+            resp = self._http.post(PATHS[kind], json=req)
         except httpx.TransportError as e:
             raise _connection_error(self.url, e) from None
         _raise_for(resp, resp.content)
@@ -98,12 +101,12 @@ class TideClient:
 
     def _stream(self, kind: Kind, model: str, fields: dict[str, Any]) -> Iterator[Any]:
         req = build_request(kind, model, True, **fields)  # a bad argument raises here, not on first next()
-        return chunks_from_events(kind, self._events(kind, request_json(req)))
+        return chunks_from_events(kind, self._events(kind, req))
 
     def _events(self, kind: Kind, body: dict[str, Any]) -> Iterator[str]:
         decoder = SSEDecoder()
         try:
-            with self._http.stream("POST", _PATHS[kind], json=body) as resp:
+            with self._http.stream("POST", PATHS[kind], json=body) as resp:
                 _raise_for(resp, resp.read() if resp.status_code >= 400 else b"")
                 for line in resp.iter_lines():
                     data = decoder.feed_line(line)
@@ -163,7 +166,7 @@ class AsyncTideClient:
     async def _post(self, kind: Kind, model: str, fields: dict[str, Any]) -> Any:
         req = build_request(kind, model, False, **fields)
         try:
-            resp = await self._http.post(_PATHS[kind], json=request_json(req))
+            resp = await self._http.post(PATHS[kind], json=req)
         except httpx.TransportError as e:
             raise _connection_error(self.url, e) from None
         _raise_for(resp, resp.content)
@@ -171,12 +174,12 @@ class AsyncTideClient:
 
     def _stream(self, kind: Kind, model: str, fields: dict[str, Any]) -> AsyncIterator[Any]:
         req = build_request(kind, model, True, **fields)
-        return self._chunks(kind, request_json(req))
+        return self._chunks(kind, req)
 
     async def _chunks(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[Any]:
         decoder = SSEDecoder()
         try:
-            async with self._http.stream("POST", _PATHS[kind], json=body) as resp:
+            async with self._http.stream("POST", PATHS[kind], json=body) as resp:
                 _raise_for(resp, await resp.aread() if resp.status_code >= 400 else b"")
                 async for line in resp.aiter_lines():
                     data = decoder.feed_line(line)

@@ -1,7 +1,9 @@
 """The SDK's wire logic, shared by the HTTP client and the Serve-handle client (pure: no I/O, no Ray).
 
-Requests are built and validated with the server's own protocol models, so a bad argument fails in the
-caller with the same message the server would send; responses and SSE chunks parse back into them.
+Requests are checked as the ingress checks them (Tide's protocol models for the fields they cover, so a bad
+argument fails in the caller with the same message the server would send; fields only vLLM knows, such as
+`tools` or `response_format`, are left to vLLM's layer). Responses and SSE chunks parse into the official
+`openai` package's types, which is what vLLM's layer in the replica answers.
 """
 
 from __future__ import annotations
@@ -9,44 +11,55 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Iterator, Literal
 
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
 from ..errors import TideError, from_validation_error
-from ..protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Completion, CompletionRequest
+from ..passthrough import needs_vllm
+from ..protocol import ChatCompletionRequest, CompletionRequest
 from ..validation import check_text
 from .errors import BadRequest, TideAPIError, from_stream_error
 
 Kind = Literal["chat", "completion"]
 DONE = "[DONE]"
+PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
 
-def build_request(kind: Kind, model: str, stream: bool, **fields: Any) -> ChatCompletionRequest | CompletionRequest:
-    """Validate the caller's arguments into the protocol request; a bad field raises `BadRequest` naming it."""
+def build_request(kind: Kind, model: str, stream: bool, **fields: Any) -> dict[str, Any]:
+    """The request body of the caller's arguments, checked as the ingress checks it; a bad field raises
+    `BadRequest` naming it. Only what the caller set is sent, so defaults stay the server's."""
     schema = ChatCompletionRequest if kind == "chat" else CompletionRequest
     data = {**fields, "model": model, "stream": stream}
     try:
         check_text(data)  # text no tokenizer (nor JSON's UTF-8) can take
-        return schema.model_validate(data)
+        if not needs_vllm(kind, data, frozenset(schema.model_fields)):
+            schema.model_validate(data)
     except TideError as err:
         raise BadRequest(err.message, 400, err.type, err.param, err.code) from None
     except ValidationError as e:
         err = from_validation_error(e)
         raise BadRequest(err.message, 400, err.type, err.param, err.code) from None
-
-
-def request_json(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-    """The request as the HTTP body: only what the caller set, so server-side defaults stay the server's."""
-    return req.model_dump(mode="json", exclude_unset=True) | {"model": req.model, "stream": req.stream}
+    return data
 
 
 def parse_response(kind: Kind, body: bytes | str) -> ChatCompletion | Completion:
-    """A whole (non-streamed) response body as its pydantic model."""
-    return (ChatCompletion if kind == "chat" else Completion).model_validate_json(body)
+    """A whole (non-streamed) response body as the `openai` package's type."""
+    return parse_object(ChatCompletion if kind == "chat" else Completion, json.loads(body))
 
 
 def parse_chunk(kind: Kind, data: dict[str, Any]) -> ChatCompletionChunk | Completion:
     """One streamed chunk (OpenAI streams text completions as `Completion` objects too)."""
-    return (ChatCompletionChunk if kind == "chat" else Completion).model_validate(data)
+    return parse_object(ChatCompletionChunk if kind == "chat" else Completion, data)
+
+
+def parse_object(cls: Any, data: Any) -> Any:
+    """As the `openai` client builds its answers: nested types, without validation (a streamed completion's
+    `finish_reason` is null until its last chunk, which the type's Literal does not allow)."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise TideAPIError(f"the server sent a body that is not a {cls.__name__}: {str(data)[:200]!r}", 502,
+                           "server_error")
+    return cls.construct(**data)
 
 
 class SSEDecoder:

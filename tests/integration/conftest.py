@@ -59,7 +59,7 @@ def running_replicas(model: str) -> int:
     from ray import serve
 
     from serving.app import APP_NAME
-    from serving.engine import deployment_name
+    from serving.config import deployment_name
 
     dep = serve.status().applications[APP_NAME].deployments[deployment_name(model)]
     return dep.replica_states.get("RUNNING", 0)

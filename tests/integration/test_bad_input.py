@@ -42,7 +42,7 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
         (json.dumps({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}), 400, "messages[0].role"),
         (json.dumps({**CHAT, "unknown_field": 1}), 400, "unknown_field"),
         (json.dumps({**CHAT, "max_tokens": 100000}), 400, "max_tokens"),
-        (json.dumps({**CHAT, "n": 2, "temperature": 0}), 400, None),
+        (json.dumps({**CHAT, "n": 2, "temperature": 0}), 400, "n"),  # vLLM: "n must be 1 when using greedy sampling"
         (json.dumps({k: v for k, v in CHAT.items() if k != "model"}), 400, "model"),
         # text and bytes that break parsers and encoders below the schema (issue 14)
         (json.dumps({**CHAT, "messages": [{"role": "user", "content": "\u0000\ud800"}]}), 400,

@@ -29,7 +29,7 @@ def _handle(model: str):
     from ray import serve
 
     from serving.app import APP_NAME
-    from serving.engine import deployment_name
+    from serving.config import deployment_name
 
     return serve.get_deployment_handle(deployment_name(model), app_name=APP_NAME)
 
@@ -115,7 +115,7 @@ def _replica_actor(model: str) -> str:
     """The name of the model's one replica actor (named actors need no dashboard, unlike ray.util.state)."""
     import ray
 
-    from serving.engine import deployment_name
+    from serving.config import deployment_name
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["namespace"] == "serve" and f"#{deployment_name(model)}#" in a["name"]]

@@ -109,21 +109,31 @@ def test_top_p_and_max_tokens_one(client, model_name):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_handle_call_through_serve(tide_url, model_name, stream):
-    """The same model deployment called through a Serve DeploymentHandle (what the Python SDK builds on)."""
+    """The model deployment called through a Serve DeploymentHandle (what the Python SDK builds on): its
+    `openai` method runs one HTTP request through vLLM's layer and yields (status, headers), then the bytes."""
     from ray import serve
 
     from serving.app import APP_NAME
-    from serving.engine import deployment_name
-    from serving.protocol import CompletionRequest
+    from serving.config import deployment_name
 
-    handle = serve.get_deployment_handle(deployment_name(model_name), app_name=APP_NAME)
-    req = CompletionRequest(model=model_name, prompt="hello", max_tokens=5, temperature=0, stream=stream)
-    whole = json.loads(handle.completion.remote(req.model_copy(update={"stream": False})).result())
+    handle = serve.get_deployment_handle(deployment_name(model_name), app_name=APP_NAME).options(stream=True)
+
+    def call(body):
+        (status, headers), *parts = list(handle.openai.remote(
+            "POST", "/v1/completions", json.dumps(body).encode(), {"content-type": "application/json"},
+            prompt=body["prompt"]))
+        return status, dict(headers), b"".join(parts)
+
+    body = {"model": model_name, "prompt": "hello", "max_tokens": 5, "temperature": 0}
+    status, headers, raw = call(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    whole = json.loads(raw)
     assert whole["usage"]["completion_tokens"] == 5
     if stream:
-        parts = list(handle.options(stream=True).completion_stream.remote(req))
-        events = [json.loads(e[6:]) for p in parts for e in p.split("\n\n") if e.startswith("data: {")]
+        status, headers, raw = call({**body, "stream": True})
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(e[6:]) for e in raw.decode().split("\n\n") if e.startswith("data: {")]
         assert "".join(c["text"] for e in events for c in e["choices"]) == whole["choices"][0]["text"]
-        assert parts[-2].endswith("data: [DONE]\n\n")
-        # then an SSE comment with the token count (SSE clients skip comments; the ingress strips it)
-        assert parts[-1] == f": tide-usage {whole['usage']['total_tokens']}\n\n"
+        assert raw.endswith(b"data: [DONE]\n\n")
+    status, _, raw = call({**body, "max_tokens": 0})
+    assert status == 400 and json.loads(raw)["error"]["message"]

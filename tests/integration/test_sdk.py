@@ -1,5 +1,5 @@
 """The Python SDK against the real session cluster: Serve handles from this driver and the HTTP clients,
-both returning the protocol's pydantic models and raising its typed errors."""
+both returning the `openai` package's types and raising the SDK's typed errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import asyncio
 
 import pytest
 
-from serving.protocol import ChatCompletion, ChatCompletionChunk, Completion
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
 from serving.sdk import AsyncTideClient, BadRequest, ModelNotFound, TideClient, get_model
 
 pytestmark = pytest.mark.integration
@@ -68,7 +70,7 @@ def test_handle_errors_are_typed(tide_url, tiny):
     assert ei.value.status == 404 and ei.value.code == "model_not_found"
     with pytest.raises(BadRequest) as ei:  # caught by the replica: past the context window
         tiny.complete("word " * 2000, max_tokens=4)
-    assert ei.value.status == 400 and ei.value.param == "prompt"
+    assert ei.value.status == 400 and ei.value.param == "prompt" and ei.value.code == "context_length_exceeded"
     with pytest.raises(BadRequest) as ei:  # caught here, before any call
         tiny.chat_stream(MSGS, max_tokens=0)
     assert ei.value.param == "max_tokens"

@@ -85,7 +85,8 @@ def test_bad_request_helper():
         ({"model": "m", "prompt": []}, "prompt"),
         ({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "m", "prompt": "x", "stop": ""}, "stop"),
-        ({"model": "m", "prompt": "x", "echo": True}, "echo"),  # the ingress sends echo to vLLM's layer
+        ({"model": "m", "prompt": "x", "echo": "maybe"}, "echo"),
+        ({"model": "m", "prompt": "x", "logprobs": 21}, "logprobs"),
         ({"model": "m", "prompt": "x", "stream_options": {"include_usage": True}}, None),
         ({"model": 5, "prompt": "x"}, "model"),
     ],

@@ -19,9 +19,11 @@ MSG = [{"role": "user", "content": "hi"}]
 @pytest.mark.parametrize("body, vllm", [
     ({"model": "m", "messages": MSG}, False),
     ({"model": "m", "messages": MSG, "temperature": 0.5, "stream": True}, False),
-    ({"model": "m", "messages": MSG, "tools": [], "tool_choice": "auto"}, True),
-    ({"model": "m", "messages": MSG, "response_format": {"type": "json_object"}}, True),
-    ({"model": "m", "messages": MSG, "logprobs": True, "top_logprobs": 2}, True),
+    # OpenAI's own fields: Tide checks them first (a 400 names the field), then vLLM's layer answers
+    ({"model": "m", "messages": MSG, "tools": [], "tool_choice": "auto"}, False),
+    ({"model": "m", "messages": MSG, "response_format": {"type": "json_object"}}, False),
+    ({"model": "m", "messages": MSG, "logprobs": True, "top_logprobs": 2}, False),
+    ({"model": "m", "messages": MSG, "echo": True}, True),
     ({"model": "m", "messages": MSG, "prompt_logprobs": 1}, True),
     ({"model": "m", "messages": MSG, "min_p": 0.1, "repetition_penalty": 1.1}, True),
     ({"model": "m", "messages": MSG, "tools": [], "no_such_field": 1}, False),  # Tide's 400 names it
@@ -39,8 +41,9 @@ def test_chat_bodies(body, vllm):
 
 @pytest.mark.parametrize("body, vllm", [
     ({"model": "m", "prompt": "x"}, False),
-    ({"model": "m", "prompt": "x", "echo": True}, True),
-    ({"model": "m", "prompt": "x", "logprobs": 2}, True),
+    ({"model": "m", "prompt": "x", "echo": True}, False),
+    ({"model": "m", "prompt": "x", "logprobs": 2}, False),
+    ({"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}, True),
     ({"model": "m", "prompt": "x", "top_logprobs": 2}, False),  # a chat-only field: Tide's 400 names it
     ({"model": "m", "prompt": "x", "min_p": 0.1}, True),
     ({"model": "m", "prompt": "x", "tools": []}, False),  # a chat-only field on a text completion
@@ -152,7 +155,7 @@ def test_relay_hides_the_usage_chunk_and_still_settles_on_it():
 
     async def run(hide):
         seen = []
-        out = [c async for c in relay(Gen(), 10, True, seen.append, hide)]
+        out = [c async for c in relay(Gen(), 10, seen.append, hide)]
         return b"".join(out), seen[0]
 
     assert asyncio.run(run(True)) == (b'data: {"choices":[{"delta":{}}]}\n\ndata: [DONE]\n\n', 7)

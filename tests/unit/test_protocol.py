@@ -36,3 +36,46 @@ def test_include_usage():
     assert CompletionRequest(model="m", prompt="a", stream=True,
                              stream_options={"include_usage": True}).include_usage
     assert not CompletionRequest(model="m", prompt="a", stream=True).include_usage
+
+
+# ---- tools and structured outputs: checked here with the field's path, run by vLLM's layer ----
+
+import pytest  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from serving.errors import to_error  # noqa: E402
+
+MSGS = [{"role": "user", "content": "x"}]
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}, "required": ["city"]}}}
+
+
+def test_openai_tool_and_format_shapes_are_accepted():
+    req = ChatCompletionRequest(model="m", messages=MSGS, tools=[TOOL], tool_choice="required", logprobs=True,
+                                top_logprobs=3, response_format={"type": "json_schema", "json_schema": {
+                                    "name": "out", "schema": {"type": "object"}, "strict": True}})
+    assert req.tools[0].function.name == "get_weather" and req.response_format.json_schema.json_schema
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert ChatCompletionRequest(model="m", messages=MSGS, tools=[TOOL], tool_choice=named).tool_choice
+    assert CompletionRequest(model="m", prompt="x", echo=True, logprobs=2).logprobs == 2
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{**TOOL, "function": {**TOOL["function"], "parameters": {"type": "nope"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
+    ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, None),
+    ({"tool_choice": "required"}, None),
+    ({"tool_choice": "sometimes"}, "tool_choice"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": {"minimum": "low"}}}},
+     "response_format.json_schema.schema"),
+    ({"top_logprobs": 2}, None),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+])
+def test_bad_tools_and_formats_are_400s_naming_the_field(extra, param):
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MSGS, **extra})
+    err = to_error(e.value)
+    assert err.status == 400 and err.param == param, err.message

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import pickle
 
-from serving.replica.responses_store import BoundedStore, SharedDict, fetch_previous, previous_response_id
+import pytest
+
+from serving.replica.responses_store import BoundedStore, SharedDict, fetch_previous, previous_response_id, stored_id
 
 
 def test_bounded_store_keeps_the_newest_per_kind():
@@ -67,3 +69,12 @@ def test_fetch_previous_copies_what_another_replica_stored_once():
     assert Serving.response_store["r1"] == {"id": "r1"} and Serving.msg_store["r1"] == ["hi"]
     asyncio.run(fetch_previous(Serving, Store, body))  # held locally now: no second fetch
     assert Store.get.calls == 1
+
+
+@pytest.mark.parametrize("path, rid", [
+    ("/v1/responses/resp_1", "resp_1"), ("/v1/responses/resp_1/cancel", "resp_1"), ("/v1/responses", None),
+    ("/v1/responses/", None), ("/v1/responses/resp_1/other", None), ("/v1/chat/completions", None),
+    ("/v1/responses/a/cancel/x", None),
+])
+def test_stored_id_reads_the_response_routes(path, rid):
+    assert stored_id(path) == rid

@@ -22,6 +22,7 @@ from serving.router import (
     queue_lengths,
     ranked,
     request_prompt,
+    routing_prompt,
     request_router_options,
     with_room,
 )
@@ -270,3 +271,30 @@ def test_prefix_follows_the_replica_serve_actually_used():
         router.on_request_routed(pending("info"), picked.replica_id, None)  # no prompt: nothing recorded
         assert (await router.choose_replicas(reps, req))[0] == [other]
     run(go)
+
+
+# ---- calls to vLLM's layer in the replica (`openai(method, path, body, headers, prompt=...)`) ---------------
+
+
+def test_openai_calls_route_on_the_prompt_keyword():
+    body = b'{"model": "tiny", "prompt": "ignored: the router does not parse bodies"}'
+    assert request_prompt("openai", ["POST", "/v1/completions", body, {}], {"prompt": "hello"}) == "hello"
+    assert request_prompt("openai", ["POST", "/v1/completions", body, {}], {"prompt": [1, 2]}) == [1, 2]
+    assert request_prompt("openai", ["POST", "/tokenize", body, {}], {}) is None
+    assert request_prompt("openai", ["POST", "/tokenize", body, {}], {"prompt": None}) is None
+
+
+def test_routing_prompt_reads_chat_and_completion_bodies_like_the_request_objects():
+    turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}]
+    assert routing_prompt({"model": "tiny", "messages": turns}) == request_prompt("chat", [chat(*[
+        (t["role"], t["content"]) for t in turns])], {})
+    assert routing_prompt({"model": "tiny", "prompt": ["ab", "cd"]}) == "ab"
+    assert routing_prompt({"model": "tiny:a", "prompt": "x"}) == "[tiny:a]x"  # adapters share no prefix
+
+
+@pytest.mark.parametrize("data", [
+    {"model": "tiny", "messages": [1, 2]}, {"model": "tiny", "messages": "hello"},
+    {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, {"model": "tiny"}, {"model": "tiny", "prompt": 3},
+])
+def test_routing_prompt_of_a_body_it_cannot_read_is_none(data):
+    assert routing_prompt(data) is None

@@ -4,30 +4,41 @@ import json
 
 import pytest
 
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
 from serving.errors import TideError
-from serving.protocol import ChatCompletion, ChatCompletionChunk, Completion
-from serving.render import Renderer
 from serving.sdk import errors as E
-from serving.sdk.wire import (SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response,
-                              request_json)
+from serving.sdk.wire import SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response
 
 
-class _Out:
-    def __init__(self, text, finish=None, index=0):
-        self.outputs = [type("C", (), {"index": index, "text": text, "token_ids": [1] * len(text),
-                                       "finish_reason": finish})()]
+def _event(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
 
 
-def _rendered_stream(kind, include_usage=False):
-    """The exact strings a replica yields, from the server's own renderer."""
-    r = Renderer(kind, "id-1", "tiny", 1, 1, [3], include_usage)
-    parts = [r.start(), r.delta(0, _Out("Hel")), r.delta(0, _Out("lo", "stop")), r.end()]
-    return [p for p in parts if p]
+def _vllm_stream(kind):
+    """SSE text shaped as vLLM 0.32's layer sends it (its extra fields included), split as a replica yields it."""
+    base = {"id": "cmpl-1", "created": 1, "model": "tiny"}
+    if kind == "chat":
+        base["object"] = "chat.completion.chunk"
+        deltas = [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}]
+        chunks = [{**base, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
+                  for d in deltas]
+        chunks[-1]["choices"][0].update(finish_reason="stop", stop_reason=None, token_ids=None)
+    else:
+        base["object"] = "text_completion"
+        chunks = [{**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f,
+                                        "stop_reason": None, "prompt_logprobs": None}]}
+                  for t, f in (("Hel", None), ("lo", "stop"))]
+    usage = {**base, "choices": [], "usage": {"prompt_tokens": 3, "total_tokens": 5, "completion_tokens": 2,
+                                              "prompt_tokens_details": None}}
+    return [_event(c) for c in chunks] + [_event(usage) + "data: [DONE]\n\n"]
 
 
 def test_build_request_validates_like_the_server():
     req = build_request("chat", "tiny", False, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
-    assert req.model == "tiny" and req.max_tokens == 4 and not req.stream
+    assert req == {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "model": "tiny",
+                   "stream": False}  # only what the caller set: defaults stay the server's
     with pytest.raises(E.BadRequest) as ei:
         build_request("chat", "tiny", False, messages=[{"role": "user", "content": "hi"}], max_tokens=0)
     assert ei.value.param == "max_tokens" and ei.value.status == 400
@@ -36,11 +47,17 @@ def test_build_request_validates_like_the_server():
     with pytest.raises(E.BadRequest) as ei:
         build_request("chat", "tiny", True, messages=[])
     assert ei.value.param == "messages"
+    with pytest.raises(E.BadRequest) as ei:
+        build_request("chat", "tiny", True, messages=[{"role": "user", "content": "\ud800"}])
+    assert ei.value.code == "invalid_unicode"
 
 
-def test_request_json_sends_only_what_was_set():
-    req = build_request("completion", "tiny", True, prompt="x", stop="a")
-    assert request_json(req) == {"model": "tiny", "prompt": "x", "stop": ["a"], "stream": True}
+def test_build_request_leaves_vllm_fields_to_vllm():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    req = build_request("chat", "tiny", False, messages=[{"role": "user", "content": "hi"}], tools=tools,
+                        tool_choice="required")
+    assert req["tools"] == tools and req["tool_choice"] == "required"
+    assert build_request("completion", "tiny", True, prompt="x", logprobs=2)["logprobs"] == 2
 
 
 def test_decoder_joins_data_lines_and_skips_heartbeats():
@@ -67,23 +84,32 @@ def test_decoder_ignores_other_fields():
 
 
 @pytest.mark.parametrize("kind,cls", [("chat", ChatCompletionChunk), ("completion", Completion)])
-def test_rendered_streams_parse_back_into_protocol_chunks(kind, cls):
+def test_vllm_streams_parse_into_openai_chunks(kind, cls):
     d = SSEDecoder()
-    events = [e for s in _rendered_stream(kind, include_usage=True) for e in d.feed(s)]
+    events = [e for s in _vllm_stream(kind) for e in d.feed(s)]
     chunks = list(chunks_from_events(kind, events))
     assert all(isinstance(c, cls) for c in chunks)
     text = "".join((c.choices[0].delta.content or "") if kind == "chat" else c.choices[0].text
                    for c in chunks if c.choices)
     assert text == "Hello"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
 
 
-def test_whole_responses_parse_into_protocol_models():
-    for kind, cls in (("chat", ChatCompletion), ("completion", Completion)):
-        r = Renderer(kind, "id", "tiny", 1, 1, [2])
-        r.add(0, _Out("ok", "length"))
-        resp = parse_response(kind, r.response_bytes())
+def test_whole_responses_parse_into_openai_types():
+    chat = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok", "refusal": None,
+                                                 "annotations": None, "audio": None, "function_call": None,
+                                                 "tool_calls": [], "reasoning": None},
+                         "logprobs": None, "finish_reason": "length", "stop_reason": None, "token_ids": None}],
+            "service_tier": None, "system_fingerprint": None, "prompt_logprobs": None, "prompt_token_ids": None,
+            "kv_transfer_params": None, "usage": {"prompt_tokens": 2, "total_tokens": 4, "completion_tokens": 2}}
+    text = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "text": "ok", "logprobs": None, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 4, "completion_tokens": 2}}
+    for kind, cls, body in (("chat", ChatCompletion, chat), ("completion", Completion, text)):
+        resp = parse_response(kind, json.dumps(body))
         assert isinstance(resp, cls) and resp.usage.total_tokens == 4
+    assert parse_response("chat", json.dumps(chat)).choices[0].message.content == "ok"
 
 
 def test_stream_without_done_is_an_error_not_a_short_answer():
