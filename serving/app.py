@@ -9,7 +9,7 @@ from ray.serve import Application
 from .auth import resolve_env
 from .lora import adapter_cards
 from .config import TideConfig
-from .config import APP_NAME
+from .config import APP_NAME  # noqa: F401 - re-exported (serving.app.APP_NAME)
 from .engine import model_deployment
 from .ingress import Ingress
 

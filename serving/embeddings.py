@@ -1,30 +1,23 @@
-"""`POST /v1/embeddings`: the OpenAI wire format, its model-side checks, and the replica that serves it.
+"""`POST /v1/embeddings`: Tide's check of the OpenAI body, and the replica that serves it.
 
-An embedding replica owns one vLLM engine started as a pooling model (`runner="pooling"`): each input
-becomes one engine request (`AsyncLLM.encode`), all inputs of a request run concurrently and vLLM batches
-them. The pooler (mean pooling + L2 normalisation for all-MiniLM-L6-v2) comes from the model's
-sentence-transformers files. Like `LLMServer`, the replica tokenizes, checks and renders the OpenAI bytes
-itself; the ingress only forwards.
+An embedding replica owns one vLLM engine started as a pooling model (`runner="pooling"`); vLLM's own
+pooling layer on it answers `/v1/embeddings` (and `/score`, `/rerank`, ... where the model's task has them),
+as `LLMServer.openai` does for generating models. The pooler (mean pooling + L2 normalisation for
+all-MiniLM-L6-v2) comes from the model's sentence-transformers files.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import logging
 import time
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
-import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from .config import ModelConfig
 from .embedding_model import resolve_model
 from .engine import LLMServer, start_engine
-from .errors import bad_request, engine_dead
-from .protocol import OpenAIBase, new_id
-from .validation import Tokenizer
+from .protocol import OpenAIBase
 
 logger = logging.getLogger("tide.embeddings")
 
@@ -86,84 +79,6 @@ class EmbeddingRequest(OpenAIBase):
         return list(v)
 
 
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str  # str when encoding_format is base64 (little-endian float32)
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
-
-
-# ---- model-side checks (pure: tokenizer and sizes in, ids or a 400 out) ------------------------------------
-
-
-def embedding_prompt_ids(req: EmbeddingRequest, tokenizer: Tokenizer, vocab_size: int,
-                         max_model_len: int) -> list[list[int]]:
-    """Each input as token ids (text gets the model's special tokens, e.g. [CLS] ... [SEP]). An input longer
-    than the model's context is a 400 naming it: embeddings are not silently truncated."""
-    out: list[list[int]] = []
-    many = len(req.inputs()) > 1
-    for i, x in enumerate(req.inputs()):
-        where = f"input[{i}]" if many else "input"
-        if isinstance(x, str):
-            ids = list(tokenizer.encode(x, add_special_tokens=True))
-        else:
-            bad = next((t for t in x if not 0 <= t < vocab_size), None)
-            if bad is not None:
-                raise bad_request(f"Token id {bad} in {where} is out of vocabulary (size {vocab_size}).", "input")
-            ids = list(x)
-        if not ids:
-            raise bad_request(f"{where} is empty after tokenization.", "input")
-        if len(ids) > max_model_len:
-            raise bad_request(
-                f"This model's maximum context length is {max_model_len} tokens. However, {where} resulted in "
-                f"{len(ids)} tokens. Please reduce the length of the input.",
-                "input", "context_length_exceeded")
-        out.append(ids)
-    return out
-
-
-def resolve_dimensions(requested: int | None, size: int, matryoshka: bool,
-                       allowed: Sequence[int] | None = None) -> int | None:
-    """`dimensions` for vLLM's PoolingParams: None keeps the native size. A model without Matryoshka
-    training accepts only its own size (a no-op); OpenAI answers the same way for models without it."""
-    if requested is None or requested == size:
-        return None
-    if not matryoshka:
-        raise bad_request(f"This model does not support specifying dimensions (its embeddings have {size}).",
-                          "dimensions")
-    if requested > size:
-        raise bad_request(f"dimensions must be at most {size} for this model, got {requested}.", "dimensions")
-    if allowed and requested not in allowed:
-        raise bad_request(f"dimensions must be one of {sorted(allowed)} for this model, got {requested}.",
-                          "dimensions")
-    return requested
-
-
-def render_embeddings(vectors: Sequence[Any], encoding_format: str, model: str, prompt_tokens: int) -> bytes:
-    """The OpenAI response body. `vectors` are 1-D float arrays (numpy or torch); base64 is the raw
-    little-endian float32 bytes, which is what the OpenAI SDKs decode."""
-    data = []
-    for i, v in enumerate(vectors):
-        arr = np.asarray(v, dtype="<f4")
-        emb: Any = (base64.b64encode(arr.tobytes()).decode("ascii") if encoding_format == "base64"
-                    else arr.tolist())
-        data.append({"object": "embedding", "index": i, "embedding": emb})
-    body = {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 # ---- the replica -------------------------------------------------------------------------------------------
 
 
@@ -174,12 +89,8 @@ class EmbeddingServer:
         cfg = ModelConfig.model_validate(model_config)
         start_engine(self, cfg, resolve_model(cfg.model), {"runner": "pooling"})
         mc = self.engine.model_config
-        self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = mc.max_model_len
-        self.vocab_size: int = mc.get_vocab_size()
         self.embedding_size: int = mc.embedding_size
-        self.matryoshka: bool = bool(mc.is_matryoshka)
-        self.matryoshka_dims: list[int] | None = mc.matryoshka_dimensions
         self.start_time_s = time.monotonic() - self.started_at
         logger.info("embedding engine for %s ready in %.1fs (max_model_len=%d, size=%d)", self.cfg.name,
                     self.start_time_s, self.max_model_len, self.embedding_size)
@@ -199,60 +110,10 @@ class EmbeddingServer:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
                 "engine_start_s": self.start_time_s, "task": "embed", "embedding_size": self.embedding_size}
 
-    # ---- requests ----
-    async def _encode_one(self, ids: list[int], dimensions: int | None, request_id: str) -> Any:
-        from vllm import PoolingParams
-
-        final = None
-        params = PoolingParams(task="embed", dimensions=dimensions)
-        async for out in self.engine.encode({"prompt_token_ids": ids}, params, request_id):
-            final = out
-        return final
-
-    async def embed(self, req: EmbeddingRequest) -> bytes:
-        """All inputs run concurrently; a cancelled call (client gone) cancels every one, and vLLM's
-        `encode()` aborts each in the engine on that cancellation."""
-        self._ensure_pusher()
-        prompts = embedding_prompt_ids(req, self.tokenizer, self.vocab_size, self.max_model_len)
-        dims = resolve_dimensions(req.dimensions, self.embedding_size, self.matryoshka, self.matryoshka_dims)
-        if self.engine.errored:
-            raise engine_dead()
-        request_id = new_id("embd")
-        tasks = [asyncio.ensure_future(self._encode_one(ids, dims, f"{request_id}-{i}"))
-                 for i, ids in enumerate(prompts)]
-        try:
-            outs = await asyncio.gather(*tasks)
-        except BaseException as e:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if isinstance(e, asyncio.CancelledError):
-                self.stats.counters.on_abort()
-            raise
-        vectors = [o.outputs.data for o in outs]
-        return render_embeddings(vectors, req.encoding_format, self.cfg.name, sum(len(p) for p in prompts))
-
-    # ---- generation routes reach an embedding model only by mistake: a 400 that says so ----
-    def _not_generative(self) -> Exception:
-        return bad_request(f"Model `{self.cfg.name}` is an embedding model; it serves /v1/embeddings only.",
-                           "model", "model_not_supported")
-
-    async def chat(self, req: Any) -> bytes:
-        raise self._not_generative()
-
-    completion = chat
-
-    async def chat_stream(self, req: Any):
-        raise self._not_generative()
-        yield  # an async generator, like LLMServer's streaming methods
-
-    completion_stream = chat_stream
-
     def __del__(self):
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
 
 
-__all__ = ["EmbeddingRequest", "EmbeddingResponse", "EmbeddingServer", "MAX_INPUTS", "embedding_prompt_ids",
-           "render_embeddings", "resolve_dimensions"]
+__all__ = ["EmbeddingRequest", "EmbeddingServer", "MAX_INPUTS"]

@@ -84,9 +84,7 @@ class LLMServer:
         start_engine(self, cfg, cfg.model, engine_lora_args(cfg.lora, current_platform.is_cpu()))
         self.adapters = {cfg.name: sorted(cfg.lora.adapters) if cfg.lora else []}
         self._adapters_loaded: asyncio.Task | None = None
-        self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
-        self.vocab_size: int = self.engine.model_config.get_vocab_size()
         self.start_time_s = time.monotonic() - self.started_at
         logger.info("engine for %s ready in %.1fs (max_model_len=%d)", self.cfg.name, self.start_time_s,
                     self.max_model_len)

@@ -116,3 +116,8 @@ def to_error(exc: BaseException) -> TideError:
         return TideError("The request timed out.", 504, "timeout_error", None, "timeout")
     logger.exception("unexpected error while serving a request", exc_info=exc)
     return TideError("The server had an error while processing your request.", 500, "server_error", None, None)
+
+
+def error_event(body: dict[str, Any]) -> str:
+    """A stream that fails after it started can only say so in-band: an SSE event holding the error object."""
+    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"

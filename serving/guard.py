@@ -7,7 +7,6 @@ Only key digests reach this object (the raw keys were hashed where `tide serve` 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -122,30 +121,3 @@ class Guard:
                 self.limiter.settle(key.name, limits, t, estimate, used)
 
         return Pass(headers, done)
-
-
-USAGE_MARK = ": tide-usage "  # an SSE comment the model replica appends to streams; the ingress strips it
-
-
-def usage_comment(usage: Mapping[str, int]) -> str:
-    """The stream's token usage as an SSE comment: SSE clients skip comments, the ingress reads and drops it."""
-    return f"{USAGE_MARK}{usage.get('total_tokens', 0)}\n\n"
-
-
-def read_usage_comment(chunk: str) -> int | None:
-    """Total tokens from a usage comment, or None if `chunk` is not one."""
-    if not chunk.startswith(USAGE_MARK):
-        return None
-    try:
-        return max(0, int(chunk[len(USAGE_MARK):].strip()))
-    except ValueError:
-        return None
-
-
-def body_usage(body: bytes) -> int | None:
-    """total_tokens of a non-streamed response body (None if absent or unreadable)."""
-    try:
-        total = json.loads(body).get("usage", {}).get("total_tokens")
-    except (ValueError, AttributeError):
-        return None
-    return int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None

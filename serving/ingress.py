@@ -1,8 +1,9 @@
 """The one HTTP ingress: OpenAI-compatible routes that dispatch by `model` to that model's deployment.
 
-Request path: HTTP socket -> Serve proxy -> this replica (parse + validate once) -> model replica via a
-DeploymentHandle (tokenize, engine, render SSE bytes) -> back through the same hops. The ingress never
-re-encodes what the model replica rendered. Errors leave through `errors.to_error` only.
+Request path: HTTP socket -> this replica (Serve direct ingress: read the body once, Tide's checks, keys, limits,
+queue) -> the model replica via a DeploymentHandle (vLLM's own OpenAI layer on its engine) -> back through the
+same hops. The ingress never re-encodes what the model replica wrote (serving/front/vllm_path.py). Errors leave
+through `errors.to_error` only.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """The OpenAI wire format, as pydantic models (fields in the order of the OpenAI API reference).
 
-Requests reject unknown fields like OpenAI does; Tide-only fields sit in a marked block. Each request
-knows how to become vLLM SamplingParams keyword arguments (`sampling_kwargs`), so the engine side has
-no field mapping of its own.
+Tide's own checks of a request, stricter than vLLM's (unknown fields and roles refused, a 400 naming the
+field), and what its rate limits read of it; vLLM's layer in the replica answers every request
+(serving/passthrough.py). Also the `/v1/models` cards and the OpenAI error object.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -147,29 +146,6 @@ class _SamplingRequest(OpenAIBase):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def sampling_kwargs(self, max_tokens: int) -> dict[str, Any]:
-        """Keyword arguments for vllm.SamplingParams (the engine adds output_kind)."""
-        kw: dict[str, Any] = {
-            "n": self.n,
-            "max_tokens": max_tokens,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "temperature": 1.0 if self.temperature is None else self.temperature,
-            "top_p": 1.0 if self.top_p is None else self.top_p,
-            "seed": self.seed,
-            "stop": self.stop,
-            "min_tokens": self.min_tokens,
-            "ignore_eos": self.ignore_eos,
-        }
-        if self.top_k is not None:
-            kw["top_k"] = self.top_k
-        return kw
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
-
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -236,18 +212,8 @@ class CompletionRequest(_SamplingRequest):
 # ---- responses ---------------------------------------------------------------------------------------------
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
 def now() -> int:
     return int(time.time())
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class ModelCard(BaseModel):
@@ -263,65 +229,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class _Response(BaseModel):
-    """What every completion response and chunk starts with. Strict, so tests catch stray fields."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
-    id: str
-    created: int
-    model: str
-
-
-class _ChoiceBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    index: int
-    logprobs: None = None
-    finish_reason: str | None = None
-
-
-class ResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None
-
-
-class ChatChoice(_ChoiceBase):
-    message: ResponseMessage
-
-
-class ChatCompletion(_Response):
-    object: Literal["chat.completion"] = "chat.completion"
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class DeltaMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(_ChoiceBase):
-    delta: DeltaMessage
-
-
-class ChatCompletionChunk(_Response):
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionChoice(_ChoiceBase):
-    text: str
-
-
-class Completion(_Response):
-    """A text completion, and also each chunk of a streamed one (OpenAI uses one object for both)."""
-
-    object: Literal["text_completion"] = "text_completion"
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -1,25 +1,13 @@
-"""/v1/embeddings without an engine: request parsing, model-side checks, rendering, the built-in model alias."""
+"""/v1/embeddings without an engine: Tide's check of the body and the built-in model alias."""
 
-import base64
-import json
 import sys
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from serving import embedding_model
-from serving.embeddings import (MAX_INPUTS, EmbeddingRequest, EmbeddingResponse, embedding_prompt_ids,
-                                render_embeddings, resolve_dimensions)
+from serving.embeddings import MAX_INPUTS, EmbeddingRequest
 from serving.errors import TideError, to_error
-
-
-class FakeTokenizer:
-    """Whitespace tokenizer with BERT-style [CLS]=101 ... [SEP]=102."""
-
-    def encode(self, text, add_special_tokens=True):
-        ids = [1000 + len(w) for w in text.split()]
-        return [101, *ids, 102] if add_special_tokens else ids
 
 
 def bad(data) -> TideError:
@@ -67,75 +55,6 @@ def test_max_inputs_is_allowed():
 def test_bad_fields_are_400_naming_the_param(data, param):
     err = bad(data)
     assert err.status == 400 and err.param == param
-
-
-def test_prompt_ids_add_special_tokens_and_pass_token_ids():
-    tok = FakeTokenizer()
-    req = EmbeddingRequest(model="m", input=["ab c", "d"])
-    assert embedding_prompt_ids(req, tok, 30522, 256) == [[101, 1002, 1001, 102], [101, 1001, 102]]
-    req = EmbeddingRequest(model="m", input=[7, 8])
-    assert embedding_prompt_ids(req, tok, 30522, 256) == [[7, 8]]
-
-
-def test_token_out_of_vocabulary():
-    req = EmbeddingRequest(model="m", input=[[1], [5, 30522]])
-    with pytest.raises(TideError) as e:
-        embedding_prompt_ids(req, FakeTokenizer(), 30522, 256)
-    assert e.value.param == "input" and "30522" in e.value.message and "input[1]" in e.value.message
-
-
-def test_too_long_input_names_which_one():
-    req = EmbeddingRequest(model="m", input=["a", "w " * 300])
-    with pytest.raises(TideError) as e:
-        embedding_prompt_ids(req, FakeTokenizer(), 30522, 256)
-    err = e.value
-    assert err.status == 400 and err.param == "input" and err.code == "context_length_exceeded"
-    assert "input[1]" in err.message and "302 tokens" in err.message and "256" in err.message
-
-
-def test_exactly_max_model_len_is_allowed():
-    req = EmbeddingRequest(model="m", input=list(range(256)))
-    assert len(embedding_prompt_ids(req, FakeTokenizer(), 30522, 256)[0]) == 256
-
-
-def test_empty_after_tokenization():
-    class Empty(FakeTokenizer):
-        def encode(self, text, add_special_tokens=True):
-            return []
-
-    with pytest.raises(TideError) as e:
-        embedding_prompt_ids(EmbeddingRequest(model="m", input="  "), Empty(), 30522, 256)
-    assert e.value.param == "input"
-
-
-def test_dimensions():
-    assert resolve_dimensions(None, 384, False) is None
-    assert resolve_dimensions(384, 384, False) is None  # the native size is a no-op
-    with pytest.raises(TideError) as e:
-        resolve_dimensions(128, 384, False)
-    assert e.value.param == "dimensions" and e.value.status == 400
-    assert resolve_dimensions(128, 768, True) == 128
-    with pytest.raises(TideError):
-        resolve_dimensions(1024, 768, True)
-    with pytest.raises(TideError):
-        resolve_dimensions(100, 768, True, [64, 128, 256])
-
-
-def test_render_float_matches_openai_shape():
-    vecs = [np.array([0.6, 0.8], dtype=np.float32), np.array([1.0, 0.0], dtype=np.float32)]
-    body = json.loads(render_embeddings(vecs, "float", "mini", 7))
-    resp = EmbeddingResponse.model_validate(body)
-    assert body["object"] == "list" and resp.model == "mini"
-    assert [d.index for d in resp.data] == [0, 1] and all(d.object == "embedding" for d in resp.data)
-    assert resp.data[0].embedding == pytest.approx([0.6, 0.8])
-    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
-
-
-def test_render_base64_is_little_endian_float32():
-    v = np.array([0.25, -1.5, 3.0], dtype=np.float32)
-    body = json.loads(render_embeddings([v], "base64", "mini", 3))
-    raw = base64.b64decode(body["data"][0]["embedding"])
-    assert np.frombuffer(raw, dtype="<f4").tolist() == [0.25, -1.5, 3.0]
 
 
 def test_builtin_alias(monkeypatch, tmp_path):

@@ -1,13 +1,12 @@
 """The ingress's front door (keys, per-key limits, bounded queue) on a fake clock, with no Ray and no HTTP."""
 
 import gc
-import json
 
 import pytest
 
 from serving.admission import AdmissionConfig
 from serving.auth import AuthConfig, KeyEntry, hash_key
-from serving.guard import Guard, Refused, body_usage, prompt_chars, read_usage_comment, usage_comment
+from serving.guard import Guard, Refused, prompt_chars
 from serving.protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -133,16 +132,6 @@ def test_pass_done_is_idempotent_and_dropping_an_unfinished_pass_frees_its_slot(
     g.admit("m", None, chat(), capacity=0, max_model_len=None)  # never finished, then dropped
     gc.collect()
     assert g.gates["m"].in_flight == 0
-
-
-def test_usage_comment_round_trip_and_body_usage():
-    c = usage_comment({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
-    assert c.startswith(":") and c.endswith("\n\n")  # an SSE comment: clients skip it
-    assert read_usage_comment(c) == 7
-    assert read_usage_comment("data: {}\n\n") is None
-    assert read_usage_comment(": tide-usage nope\n\n") is None
-    assert body_usage(json.dumps({"usage": {"total_tokens": 9}}).encode()) == 9
-    assert body_usage(b"not json") is None and body_usage(b"{}") is None
 
 
 def test_prompt_chars_for_chat_and_completion():
