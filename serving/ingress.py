@@ -31,7 +31,7 @@ from .httpio import error_response, read_json, replica_counts
 from .hub import get_hub
 from .embeddings import EmbeddingRequest
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from .passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
+from .front.passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
 from .front.vllm_path import VllmPath
 from .status import fleet_status, metrics_text
 from .web import router as web_router

@@ -2,7 +2,7 @@
 
 Tide's own checks of a request, stricter than vLLM's (unknown fields and roles refused, a 400 naming the
 field), and what its rate limits read of it; vLLM's layer in the replica answers every request
-(serving/passthrough.py). Also the `/v1/models` cards and the OpenAI error object.
+(serving/front/passthrough.py). Also the `/v1/models` cards and the OpenAI error object.
 """
 
 from __future__ import annotations

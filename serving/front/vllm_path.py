@@ -18,14 +18,14 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..calls import call_whole, collect, open_stream
+from .calls import call_whole, collect, open_stream
 from ..coldstart import retry_after_s
 from ..errors import TideError, bad_request, error_event, to_error
 from ..faults import TIMEOUT_HEADER, request_deadline_s
 from ..guard import Pass, Refused
 from ..httpio import SSE_HEADERS, error_response, retry_response
 from ..lora import resolve_model
-from ..passthrough import VllmRequest, body_bytes, head_headers, model_of, relay, usage_tokens, with_stream_usage
+from .passthrough import VllmRequest, body_bytes, head_headers, model_of, relay, usage_tokens, with_stream_usage
 from ..router import routing_prompt
 from .vllm_errors import openai_error_bytes
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from serving.config import VLLM_SERVER_ARGS, ModelConfig
-from serving.passthrough import (VLLM_ONLY_FIELDS, VllmRequest, drop_usage_event, needs_vllm, relay, usage_tokens,
+from serving.front.passthrough import (VLLM_ONLY_FIELDS, VllmRequest, drop_usage_event, needs_vllm, relay, usage_tokens,
                                  with_stream_usage)
 from serving.protocol import ChatCompletionRequest, CompletionRequest
 

@@ -4,7 +4,7 @@
 - a request whose replica died before any of it reached the client is retried on another replica
   (Serve routes the retry to a live replica, or holds it until the replacement is up);
 - a client that goes away has its request cancelled in the model replica, which aborts it in vLLM;
-- a stream that fails after it started ends with an SSE error event, never a hang (serving/passthrough.relay).
+- a stream that fails after it started ends with an SSE error event, never a hang (front/passthrough.relay).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from fastapi import Request
 
-from .errors import TideError
-from .faults import replica_gone
+from ..errors import TideError
+from ..faults import replica_gone
 
 logger = logging.getLogger("tide.ingress")
 

@@ -18,8 +18,8 @@ import json
 import re
 from typing import Any, AsyncIterator, Callable, Mapping
 
+from ..errors import error_event, to_error
 from .calls import timed_out
-from .errors import error_event, to_error
 
 # Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's protocol does not declare
 # (tests/unit/test_passthrough.py checks them against vLLM's models, so an upgrade that renames one fails).
