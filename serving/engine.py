@@ -172,8 +172,9 @@ class LLMServer:
             raise engine_dead()
         await self._load_adapters()  # before any request names one (vLLM kills the engine on a failed load)
         responses = getattr(app.state, "openai_serving_responses", None)
-        if path.startswith("/v1/responses") and responses is not None:
-            from .replica.responses_store import fetch_previous, fetch_stored, stored_id
+        shared = path.startswith("/v1/responses") and responses is not None
+        if shared:
+            from .replica.responses_store import fetch_previous, fetch_stored, flush, stored_id
 
             if path == "/v1/responses":
                 await fetch_previous(responses, self._responses_store, body)
@@ -186,6 +187,8 @@ class LLMServer:
                 if first:  # (status, headers): say which replica answered (logs, tests, client debugging)
                     first = False
                     item = (item[0], [*item[1], (REPLICA_HEADER, self._replica_name())])
+                if shared:  # a response stored so far is readable everywhere before the client sees its id
+                    await flush(responses)
                 yield item
         except (asyncio.CancelledError, GeneratorExit):  # the caller left: vLLM aborts the request
             self.stats.counters.on_abort()

@@ -50,18 +50,32 @@ class BoundedStore:
 
 class SharedDict(dict):
     """A dict that also hands every write to `publish(key, value)` (`keep` stores without publishing) and keeps
-    only its newest `max_kept` entries (vLLM's own dicts never shrink)."""
+    only its newest `max_kept` entries (vLLM's own dicts never shrink). What `publish` returns (an awaitable:
+    the actor call) is kept until `flush`, so an answer leaves the replica only once every replica can read it."""
 
-    def __init__(self, publish: Callable[[str, Any], None], initial: Any = (), max_kept: int = MAX_KEPT) -> None:
+    def __init__(self, publish: Callable[[str, Any], Any], initial: Any = (), max_kept: int = MAX_KEPT) -> None:
         super().__init__(initial)
         self._publish, self._max_kept = publish, max_kept
+        self.pending: list[Any] = []
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.keep(key, value)
         try:
-            self._publish(key, value)
+            sent = self._publish(key, value)
+            if sent is not None:
+                self.pending.append(sent)
         except Exception:  # noqa: BLE001 - sharing is best effort; this replica still answers follow-ups
             logger.warning("could not share stored response %s", key, exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait until the writes so far reached the shared store (a follow-up may land on any replica at once)."""
+        while self.pending:
+            sent, self.pending = self.pending, []
+            for s in sent:
+                try:
+                    await s
+                except Exception:  # noqa: BLE001 - best effort, as above
+                    logger.warning("could not share a stored response", exc_info=True)
 
     def keep(self, key: str, value: Any) -> None:
         self.pop(key, None)
@@ -127,6 +141,13 @@ def stored_id(path: str) -> str | None:
     if parts[:2] != ["v1", "responses"] or len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "cancel"):
         return None
     return parts[2] or None
+
+
+async def flush(serving: Any) -> None:
+    """Every stored response and message list this replica wrote so far is in the shared store."""
+    for d in (serving.response_store, serving.msg_store):
+        if isinstance(d, SharedDict):
+            await d.flush()
 
 
 async def fetch_previous(serving: Any, store: Any, body: bytes) -> None:

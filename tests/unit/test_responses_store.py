@@ -78,3 +78,27 @@ def test_fetch_previous_copies_what_another_replica_stored_once():
 ])
 def test_stored_id_reads_the_response_routes(path, rid):
     assert stored_id(path) == rid
+
+
+def test_flush_waits_for_every_write_to_reach_the_shared_store():
+    async def go():
+        landed: list[str] = []
+
+        async def put(key):
+            await asyncio.sleep(0.05)  # the actor call takes a moment
+            landed.append(key)
+
+        d = SharedDict(lambda k, v: asyncio.ensure_future(put(k)))
+        d["a"], d["b"] = 1, 2
+        assert landed == [] and len(d.pending) == 2
+        await d.flush()
+        assert landed == ["a", "b"] and d.pending == []
+
+        async def fails():
+            raise RuntimeError("actor gone")
+
+        bad = SharedDict(lambda k, v: asyncio.ensure_future(fails()))
+        bad["x"] = 1
+        await bad.flush()  # best effort: logged, never raised into the answer
+        assert bad["x"] == 1 and bad.pending == []
+    asyncio.run(go())
