@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from fastapi import Request
 
@@ -19,6 +19,7 @@ from ..errors import TideError
 from ..faults import replica_gone
 
 logger = logging.getLogger("tide.ingress")
+T = TypeVar("T")
 
 
 def client_gone() -> TideError:
@@ -57,39 +58,38 @@ async def collect(gen: Any, request: Request, deadline_s: float,
             gen.cancel()
 
 
+async def _retried(once: Callable[[float], Awaitable[T]], deadline_s: float, retries: int,
+                   on_retry: Callable[[BaseException], None]) -> T:
+    """`once(seconds_left)` again while its replica died before answering and the deadline allows."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    for attempt in range(retries + 1):
+        try:
+            return await once(max(end - loop.time(), 0.001))
+        except Exception as e:
+            if attempt < retries and replica_gone(e) and loop.time() < end:
+                on_retry(e)
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 async def call_whole(start: Callable[[], Any], request: Request, deadline_s: float, retries: int,
                      on_retry: Callable[[BaseException], None]) -> tuple[Any, bytes]:
     """A non-streamed call (`start()` returns the replica's generator): nothing reached the client before it
     ends, so a replica that died on the way is retried on another while the deadline allows."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    for attempt in range(retries + 1):
-        try:
-            return await collect(start(), request, max(end - loop.time(), 0.001))
-        except Exception as e:
-            if attempt < retries and replica_gone(e) and loop.time() < end:
-                on_retry(e)
-                continue
-            raise
-    raise AssertionError("unreachable")
+    return await _retried(lambda left: collect(start(), request, left), deadline_s, retries, on_retry)
 
 
 async def open_stream(start: Callable[[], Any], deadline_s: float, retries: int,
-                      on_retry: Callable[[BaseException], None]) -> tuple[Any, str]:
-    """Start a stream and get its first chunk (errors before it are plain HTTP errors and may be retried)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    for attempt in range(retries + 1):
+                      on_retry: Callable[[BaseException], None]) -> tuple[Any, Any]:
+    """Start a stream and get its first item (errors before it are plain HTTP errors and may be retried)."""
+    async def once(left: float) -> tuple[Any, Any]:
         gen = start()
         try:
-            first = await asyncio.wait_for(gen.__anext__(), max(end - loop.time(), 0.001))
-            return gen, first
+            return gen, await asyncio.wait_for(gen.__anext__(), left)
         except asyncio.TimeoutError:
             gen.cancel()
             raise timed_out(deadline_s) from None
-        except Exception as e:
-            if attempt < retries and replica_gone(e) and loop.time() < end:
-                on_retry(e)
-                continue
-            raise
-    raise AssertionError("unreachable")
+
+    return await _retried(once, deadline_s, retries, on_retry)
