@@ -34,7 +34,7 @@ ENGINE_ARGS = {"dtype": "float32", "enforce_eager": EAGER, "max_model_len": 1024
 ALL_CORES = sorted(os.sched_getaffinity(0))
 ENGINE_CORE = os.environ.get("TIDE_BENCH_BIND", str(ALL_CORES[-1]))  # VLLM_CPU_OMP_THREADS_BIND for all
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": ENGINE_CORE}
-SERVERS = ("vllm", "tide", "rayllm")
+SERVERS = ("vllm", "tide", "tide-front", "rayllm")
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 
 
@@ -90,10 +90,15 @@ def make_servers(tmp: Path) -> dict[str, Server]:
     tide_yaml = tmp / "tide.yaml"
     tide_yaml.write_text(yaml.safe_dump(cfg))
     tide_cmd = [str(Path(py).parent / "tide"), "serve", str(tide_yaml), "--port", "{port}"]
+    front = {**cfg, "server": {**cfg["server"], "port": ports["tide-front"], "front": "haproxy",
+                               "ingress_port": free_port()}}
+    front_yaml = tmp / "tide-front.yaml"
+    front_yaml.write_text(yaml.safe_dump(front))
+    front_cmd = [str(Path(py).parent / "tide"), "serve", str(front_yaml), "--port", "{port}"]
     rayllm_cmd = [py, str(ROOT / "benchmarks" / "rayllm_server.py"), "--model", str(MODEL), "--port", "{port}",
                   "--engine-args", json.dumps(ENGINE_ARGS), "--env", json.dumps(ENGINE_ENV)]
     out = {}
-    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("rayllm", rayllm_cmd)):
+    for name, cmd in (("vllm", vllm_cmd), ("tide", tide_cmd), ("tide-front", front_cmd), ("rayllm", rayllm_cmd)):
         out[name] = Server(name, [c.replace("{port}", str(ports[name])) for c in cmd], ports[name])
     return out
 

@@ -188,7 +188,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                      f"port {cfg.server.port} instead (start Ray with the variables above for the faster path)")
                 cfg.server.direct_ingress = False
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if cfg.server.direct_ingress else "0"
-        if cfg.server.direct_ingress and _app_running():
+        if cfg.server.direct_ingress and cfg.server.front != "haproxy" and _app_running():
             # Serve replaces a replica by starting the new one first, but a direct-ingress replica holds the
             # public port until it stops: the new one fails with NoAvailablePortError. Restart the app instead.
             _say("Tide is already running here with direct ingress: restarting the app to update it "

@@ -24,10 +24,13 @@ def build_app(cfg: TideConfig) -> Application:
         # glibc reads it at process start, so it must be in the replica's environment, not set later.
         arenas = str(cfg.server.ingress_malloc_arena_max)
         options["ray_actor_options"]["runtime_env"] = {"env_vars": {"MALLOC_ARENA_MAX": arenas}}
-    if cfg.server.direct_ingress:
+    if cfg.server.direct_ingress and cfg.server.front != "haproxy":
         options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
+    if cfg.server.front == "haproxy":
+        options["graceful_shutdown_timeout_s"] = 40.0  # its HAProxy drains (ingress.FRONT_GRACE_S) before it goes
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
                      "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
+                     "max_replicas": m.replicas.max,
                      "admission": m.admission.model_dump(), "task": m.task,
                      "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.

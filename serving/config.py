@@ -211,6 +211,18 @@ class ServerConfig(_Strict):
         "ingress), skipping the Serve proxy hop: about 2x the tokens/s of the proxy path on 2 cores. Applies when "
         "Tide starts Ray; on a cluster, start each node's Ray with the variables of serving.launcher.serve_env.",
     )
+    front: Literal["ingress", "haproxy"] = Field(
+        "ingress",
+        description="What listens on `port`. `ingress`: the ingress replica (Serve direct ingress) governs every "
+        "request and forwards it to a model replica over Ray. `haproxy`: HAProxy (shipped with Ray) sends each "
+        "chat, completion and embeddings request straight to a replica's own HTTP server (vLLM's OpenAI app), "
+        "routed by the body's `model`, with no Ray hop; what it cannot decide (other routes, cold models, keys "
+        "with rate limits) goes to the ingress on `ingress_port`.",
+    )
+    ingress_port: int | None = Field(
+        None, ge=1, le=65534 - 8, description="With `front: haproxy`: the first of the ingress replicas' own loopback "
+        "ports (default: port + 1; a rolling update uses up to 8 from there, new ingress beside the old).",
+    )
     ingress_num_cpus: NonNegativeFloat = Field(0.0, description="Ray CPUs reserved per ingress replica.")
     ingress_malloc_arena_max: PositiveInt | None = Field(
         2,
@@ -222,6 +234,20 @@ class ServerConfig(_Strict):
         default_factory=AuthConfig, description="API keys (by SHA-256 digest, or raw from $TIDE_API_KEYS) with "
         "per-key rate limits; off while no key is configured.",
     )
+
+
+    @model_validator(mode="after")
+    def _front(self) -> "ServerConfig":
+        if self.front == "haproxy" and not self.direct_ingress:
+            raise ValueError("server.front: haproxy needs server.direct_ingress: true (the ingress behind it "
+                             "listens on its own port)")
+        return self
+
+    def private_ingress_port(self) -> int:
+        """Where the ingress replica listens: the public port, or its own port behind HAProxy."""
+        if self.front == "haproxy":
+            return self.ingress_port or self.port + 1
+        return self.port
 
 
 class TideConfig(_Strict):

@@ -110,10 +110,9 @@ class EmbeddingServer:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
                 "engine_start_s": self.start_time_s, "task": "embed", "embedding_size": self.embedding_size}
 
-    def __del__(self):
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.shutdown()
+    _push = LLMServer._push
+    _start_http = LLMServer._start_http
+    __del__ = LLMServer.__del__
 
 
 __all__ = ["EmbeddingRequest", "EmbeddingServer", "MAX_INPUTS"]

@@ -102,14 +102,31 @@ class LLMServer:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:
             replica = str(os.getpid())
-        hub = await asyncio.to_thread(get_hub)
+        self._hub = hub = await asyncio.to_thread(get_hub)
         while True:
             try:
-                snap = self.stats.counters.snapshot(time.time(), self.engine.get_num_unfinished_requests())
-                hub.push_replica.remote(self.cfg.name, replica, snap)
+                if os.environ.get("TIDE_FRONT") == "haproxy" and getattr(self, "http", None) is None:
+                    await self._start_http()
+                self._push(hub, replica)
             except Exception:
-                logger.debug("stats push failed", exc_info=True)
+                logger.warning("stats push failed", exc_info=True)
             await asyncio.sleep(1.0)
+
+    def _push(self, hub: Any, replica: str) -> None:
+        snap = self.stats.counters.snapshot(time.time(), self.engine.get_num_unfinished_requests())
+        http = getattr(self, "http", None)
+        snap["http"] = http.address if http is not None else ""  # where the front sends this model's requests
+        snap["draining"] = getattr(self, "draining", False)
+        hub.push_replica.remote(self.cfg.name, replica, snap)
+
+    async def _start_http(self) -> None:
+        """This replica's own HTTP server for the front (serving/replica/http_server.py), once vLLM's app is up."""
+        from .replica.http_server import ReplicaHttp
+
+        await self._openai_app()
+        http = ReplicaHttp(self)
+        await http.start()
+        self.http = http
 
     async def _load_adapters(self) -> None:
         """Load every LoRA adapter once, before any request uses one: vLLM kills the engine when a request names
@@ -229,7 +246,16 @@ class LLMServer:
         return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
                 "engine_start_s": self.start_time_s}
 
-    def __del__(self):
+    async def __del__(self):
+        """Serve's graceful stop: behind the front, leave its table first and finish what is in flight."""
+        http = getattr(self, "http", None)
+        if http is not None:
+            self.draining = True
+            try:
+                self._push(self._hub, self._replica_name())
+            except Exception:
+                logger.debug("drain notice failed", exc_info=True)
+            await http.drain(1.5, max(self.cfg.replicas.graceful_shutdown_timeout_s - 3.0, 1.0))
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()

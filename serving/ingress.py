@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ from .web import router as web_router
 from .openapi_schema import install as install_openapi, request_body
 
 logger = logging.getLogger("tide.ingress")
+FRONT_GRACE_S = 20.0  # a stopping ingress's HAProxy finishes its requests this long (serving/app.py gives it time)
 app = FastAPI(title="Tide", description="OpenAI-compatible LLM serving on Ray Serve + vLLM", docs_url=None)
 app.include_router(web_router)  # the chat and status pages (plain static files)
 install_openapi(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TokenizeRequest, DetokenizeRequest,
@@ -81,6 +83,17 @@ class Ingress(VllmPath):
                                               for n, c in cold.items()})
         self._hub: Any = None
         self._watch: asyncio.Task | None = None
+        self.front: Any = None
+        if os.environ.get("TIDE_FRONT") == "haproxy":  # HAProxy on the public port (serving/front/haproxy.py)
+            from .front.haproxy_proc import start_front
+            from .replica.reaper import start_reaper
+
+            self._reaper = start_reaper()  # HAProxy dies with this replica, however it ends
+            self.front = start_front(self.server, cold, self.guard.ring)
+
+    async def __del__(self) -> None:
+        if getattr(self, "front", None) is not None:  # its streams finish; a new front took the listener over
+            await asyncio.to_thread(self.front.stop, FRONT_GRACE_S)
 
     async def _watch_replicas(self) -> None:
         try:

@@ -41,11 +41,18 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
         "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1",
     }
     if cfg.server.direct_ingress:
+        port = cfg.server.private_ingress_port()
         env.update({
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cfg.server.port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cfg.server.port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            # behind HAProxy a few ports: a rolling update starts the new ingress beside the old one
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + (8 if cfg.server.front == "haproxy" else 1)),
         })
+        if cfg.server.front == "haproxy":  # HAProxy on the public port; replicas serve HTTP themselves
+            env["TIDE_FRONT"] = "haproxy"
+            # Serve holds a stopping direct-ingress replica open 30 s for an outside load balancer to notice;
+            # Tide's own front has already taken the listener over, and the time is its HAProxy's to drain.
+            env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
     else:
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     return env

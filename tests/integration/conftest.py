@@ -28,6 +28,9 @@ def tide_config():
     from serving.launcher import free_port
 
     cfg.server.port = free_port()
+    cfg.server.front = os.environ.get("TIDE_TEST_FRONT", cfg.server.front)  # run the suite on either front
+    if cfg.server.front == "haproxy":
+        cfg.server.ingress_port = free_port()
     return cfg
 
 

