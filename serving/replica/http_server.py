@@ -20,26 +20,24 @@ from typing import Any
 
 from ..errors import bad_request, engine_dead, error_body, error_event, to_error
 from ..faults import TIMEOUT_HEADER, request_deadline_s
+from .openai_app import CANCEL_AFTER_S  # one bound for a vLLM handler that never listens for the disconnect
 
 logger = logging.getLogger("tide.replica.http")
 PATH_KIND = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embed"}
 MAX_TIMEOUT_HEADER = "x-tide-max-timeout"  # the server's request_timeout_s, set by the front on every request
 MAX_BODY_HEADER = "x-tide-max-body"  # the server's max_body_bytes, set by the front on every request
 MAX_BODY_BYTES = 4 * 1024 * 1024  # ServerConfig.max_body_bytes' default, for a caller without the header
-CANCEL_AFTER_S = 10.0
 
 
-def tide_checks(kind: str, data: Any, task: str) -> None:
+def tide_checks(kind: str, data: dict[str, Any], task: str) -> None:
     """Tide's stricter checks of a chat, text-completion or embeddings body (the ingress's own, see
-    serving/ingress.py `_serve`); raises a TideError naming the field."""
+    serving/ingress.py `_serve`) of a body `read_json` accepted; raises a TideError naming the field."""
     from pydantic import ValidationError
 
     from ..embeddings import EmbeddingRequest
     from ..front.passthrough import needs_vllm
     from ..protocol import ChatCompletionRequest, CompletionRequest
 
-    if not isinstance(data, dict):
-        raise bad_request("The request body must be a JSON object.", None, "invalid_body")
     schema = {"chat": ChatCompletionRequest, "completion": CompletionRequest, "embed": EmbeddingRequest}[kind]
     if not needs_vllm(kind, data, frozenset(schema.model_fields)):
         try:
