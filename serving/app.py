@@ -12,6 +12,7 @@ from .config import TideConfig
 from .config import APP_NAME  # noqa: F401 - re-exported (serving.app.APP_NAME)
 from .engine import model_deployment
 from .ingress import Ingress
+from .rollout import versioned
 
 def build_app(cfg: TideConfig) -> Application:
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
@@ -28,6 +29,10 @@ def build_app(cfg: TideConfig) -> Application:
         options["max_replicas_per_node"] = 1  # direct ingress binds the public port inside the replica
     if cfg.server.front == "haproxy":
         options["graceful_shutdown_timeout_s"] = 40.0  # its HAProxy drains (ingress.FRONT_GRACE_S) before it goes
+    if cfg.server.front == "haproxy" or not cfg.server.direct_ingress:
+        # an update starts the new ingress (and its front) beside the old one; with `front: ingress` and direct
+        # ingress a replica owns the public port, so `tide deploy` restarts the app instead (cluster/cli.py)
+        options["max_surge_percent"] = 100
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
                      "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
                      "max_replicas": m.replicas.max,
@@ -35,4 +40,5 @@ def build_app(cfg: TideConfig) -> Application:
                      "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.
     server = cfg.server.model_copy(update={"auth": resolve_env(cfg.server.auth)})
-    return Ingress.options(**options).bind(models, server.model_dump(), cold)
+    ingress = versioned(Ingress.options(**options), server.model_dump(), cold)
+    return ingress.bind(models, server.model_dump(), cold)

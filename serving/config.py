@@ -42,6 +42,13 @@ class ReplicaConfig(_Strict):
         300.0, gt=0, description="On scale-down, how long a draining replica may finish its in-flight requests "
         "(it gets no new ones) before it is stopped.",
     )
+    max_surge_percent: int = Field(
+        25, ge=0, le=100, description="During a rolling update (`tide deploy` with a changed model), extra "
+        "replicas Serve may start, as a percent of the target, rounded up to whole replicas (so any value above 0 "
+        "means at least one): the new replica starts and serves before the old one drains and stops. Needs room "
+        "for one more replica (a free GPU, or a node Ray's autoscaler adds); 0 stops the old one first (a "
+        "1-replica model is then down while its engine restarts).",
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds a health check may take before failing.")
     engine_stuck_s: float = Field(

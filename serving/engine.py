@@ -20,6 +20,7 @@ from .errors import engine_dead
 from .faults import engine_stuck
 from .loopback import bind_replica_grpc_to_node
 from .lora import engine_lora_args, lora_request, public_name
+from .rollout import versioned
 from .router import request_router_options
 
 logger = logging.getLogger("tide.engine")
@@ -293,11 +294,26 @@ def model_deployment(cfg: ModelConfig):
                        "policy_kwargs": policy.model_dump()},
         }
     options.update(request_router_options(cfg))
+    options["max_surge_percent"] = r.max_surge_percent
     if cfg.task == "embed":
         from .embeddings import EmbeddingServer  # it imports this module
 
-        return serve.deployment(EmbeddingServer).options(**options)
-    return serve.deployment(LLMServer).options(**options)
+        deployment = serve.deployment(EmbeddingServer).options(**options)
+    else:
+        deployment = serve.deployment(LLMServer).options(**options)
+    return versioned(deployment, engine_identity(cfg))
+
+
+# What only the driver, the ingress and the autoscaler read: changing these resizes or re-governs a model without
+# restarting its engines (the replica's own copy of them goes stale, so replica code must not read them).
+FLEET_FIELDS = {"replicas": {"min", "max", "initial", "max_surge_percent"}, "autoscaling": True,
+                "autoscaling_policy": True, "serve_autoscaling": True, "admission": True,
+                "cold_start_timeout_s": True, "max_held_requests": True, "router": True, "routing": True}
+
+
+def engine_identity(cfg: ModelConfig) -> dict[str, Any]:
+    """What a model replica is built from: equal identities keep their replicas across a deploy."""
+    return cfg.model_dump(exclude={k: v for k, v in FLEET_FIELDS.items() if k in ModelConfig.model_fields})
 
 
 

@@ -28,6 +28,7 @@ class StatsHub:
         self.decisions: dict[str, dict[str, Any]] = {}
         self.decision_counts: dict[str, dict[str, int]] = {}
         self.ingress: dict[str, dict[tuple[str, str], int]] = {}
+        self.ingresses: dict[str, dict[str, Any]] = {}  # ingress replica -> {"http": its own address, "time"}
 
     def push_replica(self, model: str, replica: str, snapshot: dict[str, Any]) -> None:
         self.replicas[(model, replica)] = snapshot
@@ -42,16 +43,23 @@ class StatsHub:
     def push_ingress(self, ingress: str, rejected: dict[tuple[str, str], int]) -> None:
         self.ingress[ingress] = rejected
 
+    def push_ingress_address(self, ingress: str, address: str) -> None:
+        """Where an ingress replica's own server listens (the fronts send it what they cannot decide)."""
+        self.ingresses[ingress] = {"http": address, "time": time.time()}
+
     def get(self) -> dict[str, Any]:
         now = time.time()
         for key in [k for k, s in self.replicas.items() if now - s["time"] > STALE_S]:
             del self.replicas[key]
+        for name in [k for k, s in self.ingresses.items() if now - s["time"] > STALE_S]:
+            del self.ingresses[name]
         rejected: dict[tuple[str, str], int] = {}
         for counts in self.ingress.values():
             for k, n in counts.items():
                 rejected[k] = rejected.get(k, 0) + n
         return {"replicas": dict(self.replicas), "decisions": dict(self.decisions),
-                "decision_counts": {k: dict(v) for k, v in self.decision_counts.items()}, "rejected": rejected}
+                "decision_counts": {k: dict(v) for k, v in self.decision_counts.items()}, "rejected": rejected,
+                "ingresses": dict(self.ingresses)}
 
 
 _hub: Any = None

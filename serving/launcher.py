@@ -51,8 +51,9 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
         if cfg.server.front == "haproxy":  # HAProxy on the public port; replicas serve HTTP themselves
             env["TIDE_FRONT"] = "haproxy"
             # Serve holds a stopping direct-ingress replica open 30 s for an outside load balancer to notice;
-            # Tide's own front has already taken the listener over, and the time is its HAProxy's to drain.
-            env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "2"
+            # Tide's fronts learn of the new ingress from the hub within about a second, and a refused
+            # connection after this window is retried on the new one.
+            env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "5"
     else:
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
     return env

@@ -7,7 +7,8 @@ app, serving/replica/http_server.py): requests whose prompts begin alike go to t
 cache), bounded so that no replica takes more than 1.5x the average load. A model's backend holds one server slot per
 possible replica; the front's loop fills, drains and frees slots from the replicas' own reports.
 
-What HAProxy cannot decide goes to the ingress replica (its `ingress` backend), which governs it as before:
+What HAProxy cannot decide goes to an ingress replica (its `ingress` backend: every ingress replica of the
+cluster, one slot each, so a front outlives the ingress that started it), which governs it as before:
 every route but the three model routes, a model with no running replica (the cold-start holder), a body whose
 `model` is past the buffer, a key with rate limits (their token settle lives in the ingress), a missing or
 wrong key (the ingress's 401), an unknown model (its 404).
@@ -23,6 +24,8 @@ from pathlib import Path
 MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 BUFFER_BYTES = 65536  # HAProxy's tune.bufsize: a `model` within this much of the body is routed by the front
 SLOT_PREFIX = "r"
+INGRESS = "ingress"  # the backend of the ingress replicas (the governed path)
+INGRESS_SLOTS = 16  # ingress replicas one front can know at once (one per node, two while one rolls)
 AFFINITY_CHARS = 512  # the prompt's head that picks a replica (a chat's system prompt, a few-shot preamble)
 
 
@@ -41,7 +44,7 @@ class FrontModel:
 class FrontSpec:
     host: str
     port: int
-    ingress: str  # "host:port" of the ingress replica (the governed path), "" until known
+    ingress: str  # "host:port" of the ingress that holds a model's requests when none of its replicas can
     models: tuple[FrontModel, ...]
     auth: bool  # keys are configured: only `fast_keys` may skip the ingress
     fast_keys: tuple[str, ...] = ()  # SHA-256 digests of keys without rate limits
@@ -181,7 +184,7 @@ def render(spec: FrontSpec, folder: Path) -> str:
             f"    http-request set-var(txn.room) var(txn.room),sub(txn.busy) if {on}",
         ]
         uses += [f"    use_backend full_{b} if {on} {{ var(txn.room) -m int le 0 }}", f"    use_backend {b} if {on}"]
-    lines += [*uses, "    default_backend ingress", ""]
+    lines += [*uses, f"    default_backend {INGRESS}", ""]
     host, _, port = spec.ingress.rpartition(":")
     ingress = f"{host or '127.0.0.1'}:{port or 1}{'' if spec.ingress else ' disabled'}"
     for i, m in enumerate(spec.models):
@@ -203,8 +206,23 @@ def render(spec: FrontSpec, folder: Path) -> str:
             f"\"%[str({backend(i)}),map_str({f}/retry.map,1)]\" file {f}/{backend(i)}.429.json",
             "",
         ]
-    lines += ["backend ingress", "    retry-on conn-failure", f"    server ingress {ingress}", ""]
+    lines += [
+        f"backend {INGRESS}",
+        "    retry-on conn-failure",
+        # one slot per ingress replica (the loop fills them from the hub): a refused connection (a stopping
+        # ingress closed its listener) marks that one down and the request goes to another
+        f"    server-template {SLOT_PREFIX} 1-{INGRESS_SLOTS} 127.0.0.1:1 disabled check inter 1s fall 1 rise 1 "
+        "observe layer4 error-limit 1 on-error mark-down",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def backup_commands(spec: FrontSpec, address: str) -> list[str]:
+    """Point every model backend's backup server (its requests when no replica can take them) at `address`."""
+    host, _, port = address.rpartition(":")
+    return [c for i in range(len(spec.models)) for c in (f"set server {backend(i)}/ingress addr {host} port {port}",
+                                                        f"set server {backend(i)}/ingress state ready")]
 
 
 def write_files(spec: FrontSpec, folder: Path) -> Path:

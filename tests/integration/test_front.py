@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
+import yaml
 from openai import OpenAI
 
 from serving.auth import hash_key
@@ -195,3 +197,77 @@ def test_a_killed_replica_loses_no_request_that_had_not_started(front):
     assert [r.status_code for r in responses] == [200] * 5, [r.text[:200] for r in responses]
     assert all(r.json()["usage"]["completion_tokens"] == 200 for r in responses)
     wait_healthy(url, 120)
+
+
+def _ingress_pids() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if "ServeReplica:tide:Ingress" in " ".join(p.info["cmdline"] or [])}
+
+
+def _replica_name(url: str) -> str:
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    return r.headers["x-tide-replica"]
+
+
+def test_tide_deploy_under_load_restarts_only_what_changed_and_fails_no_request(front, tmp_path):
+    """The same config again restarts nothing. A changed engine argument and a changed queue bound (model and
+    ingress both change) roll under load: new replicas start before the old ones drain, and every request of
+    three loops (streamed, whole, and the ingress's own routes) is answered in full."""
+    url, head = front
+    env = {**os.environ, "TIDE_API_KEYS": FAST_KEY}
+    replica, ingresses = _replica_name(url), _ingress_pids()
+    r = tide("deploy", str(head.models), "--address", head.address, "--timeout", "300", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _replica_name(url) == replica and _ingress_pids() == ingresses  # nothing restarted
+
+    data = yaml.safe_load(head.models.read_text())
+    data["models"][0]["engine_args"]["max_num_seqs"] = 48
+    data["models"][0]["admission"] = {"max_queued": 500}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    done = threading.Event()
+    results: list[tuple[str, int, str]] = []
+
+    def loop(kind: str) -> None:
+        with httpx.Client(timeout=120, headers=AUTH) as c:
+            while not done.is_set():
+                try:
+                    if kind == "models":
+                        r = c.get(f"{url}/v1/models")
+                        ok = r.status_code == 200 and r.json()["data"][0]["id"] == "tiny"
+                        results.append((kind, r.status_code, "" if ok else r.text[:200]))
+                    elif kind == "stream":
+                        body = {"model": "tiny", "prompt": "go", "max_tokens": 24, "ignore_eos": True, "stream": True}
+                        with c.stream("POST", f"{url}/v1/completions", json=body) as s:
+                            lines = [x for x in s.iter_lines() if x.startswith("data: ")]
+                        ok = s.status_code == 200 and lines[-1] == "data: [DONE]" and len(lines) >= 2 and \
+                            not any('"error"' in x for x in lines)
+                        results.append((kind, s.status_code, "" if ok else str(lines[-3:])[:300]))
+                    else:
+                        r = c.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "go", "max_tokens": 24,
+                                                                  "ignore_eos": True})
+                        ok = r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 24
+                        results.append((kind, r.status_code, "" if ok else r.text[:200]))
+                except httpx.HTTPError as e:
+                    results.append((kind, 0, repr(e)))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in ("stream", "whole", "whole", "models")]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        r = tide("deploy", str(changed), "--address", head.address, "--timeout", "300", env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        time.sleep(8)  # the old replicas' drains end, and the requests sent meanwhile finish
+    finally:
+        done.set()
+        for t in threads:
+            t.join(150)
+    failed = [x for x in results if x[2]]
+    print(f"rolling deploy under load: {len(results)} requests, {len(failed)} failed")
+    assert len(results) > 50 and not failed, failed[:5]
+    assert _replica_name(url) != replica and not (_ingress_pids() & ingresses)  # both rolled
+    head.models.write_text(changed.read_text())

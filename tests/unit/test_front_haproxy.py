@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from serving.front.haproxy import (FrontModel, FrontSpec, Slot, backend, maps, plan_slots, rejected_counts, render,
-                                   write_files)
-from serving.front.haproxy_proc import HAProxy, haproxy_binary
+from serving.front.haproxy import (INGRESS, INGRESS_SLOTS, FrontModel, FrontSpec, Slot, backend, maps, plan_slots,
+                                   rejected_counts, render, write_files)
+from serving.front.haproxy_proc import FrontLoop, HAProxy, haproxy_binary
 from serving.launcher import free_port
 
 KEY, LIMITED = "sk-fast", "sk-limited"
@@ -171,8 +171,8 @@ def front():
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     proxy = HAProxy(spec(auth=True, fast_keys=(digest,), ingress=stubs["ingress"].addr))
     proxy.start()
-    _, cmds = plan_slots({}, {stubs["tiny"].addr: (backend(0), False), stubs["minilm"].addr: (backend(1), False)},
-                         {"m0": 2, "m1": 1})
+    _, cmds = plan_slots({}, {stubs["tiny"].addr: (backend(0), False), stubs["minilm"].addr: (backend(1), False),
+                              stubs["ingress"].addr: (INGRESS, False)}, {"m0": 2, "m1": 1, INGRESS: INGRESS_SLOTS})
     proxy.command(cmds)
     port = proxy.spec.port
     until(lambda: call(port, "/v1/completions", {"model": "tiny"}, {"authorization": f"Bearer {KEY}"})[1]["by"]
@@ -274,9 +274,12 @@ def test_a_new_front_takes_the_listener_over_from_the_old():
     ingress = Stub("ingress")
     s = spec(ingress=ingress.addr)
     old, new = HAProxy(s), HAProxy(s)
+    slot = plan_slots({}, {ingress.addr: (INGRESS, False)}, {INGRESS: INGRESS_SLOTS})[1]
     old.start()
     try:
+        old.command(slot)
         new.start()
+        new.command(slot)
         assert "-x" in new.proc.args
         old.stop(grace_s=5.0)
         assert not old.alive() and call(s.port, "/v1/models")[1]["by"] == "ingress"
@@ -284,3 +287,37 @@ def test_a_new_front_takes_the_listener_over_from_the_old():
         old.stop()
         new.stop()
         ingress.shutdown()
+
+
+def test_a_front_sends_the_governed_path_to_every_ingress_and_outlives_its_own():
+    """An update replaces the ingress: the fronts learn the new one from the hub, and when the old one closes its
+    listener, requests it would have had are retried on the new one. Not one fails."""
+    old, new = Stub("old-ingress"), Stub("new-ingress")
+    replica = Stub("tiny-replica")
+    now = time.time
+    hub = {"ingresses": {"a": {"http": old.addr, "time": now()}}, "replicas": {
+        ("tiny", "r"): {"http": replica.addr, "time": now(), "success": {}}}}
+    loop = FrontLoop(HAProxy(spec()), lambda: hub, lambda: None, lambda model, rate: 1)
+    try:
+        loop.step()  # no ingress of its own yet: the hub's is enough to start on
+        port = loop.front.spec.port
+        assert loop.front.alive() and loop.backup == old.addr
+        assert call(port, "/v1/models")[1]["by"] == "old-ingress"
+        assert call(port, "/v1/completions", {"model": "tiny"})[1]["by"] == "tiny-replica"
+        hub["ingresses"]["b"] = {"http": new.addr, "time": now()}
+        loop.step()
+        seen = {call(port, "/v1/models")[1]["by"] for _ in range(20)}
+        assert seen == {"old-ingress", "new-ingress"}, seen  # both in the table
+        old.shutdown()
+        old.server_close()  # the old ingress stops listening (its entry in the hub has not aged out yet)
+        answers = [call(port, "/v1/models") for _ in range(30)]
+        assert all(status == 200 and body["by"] == "new-ingress" for status, body, _ in answers), answers
+        hub["ingresses"] = {"b": hub["ingresses"]["b"]}
+        hub["replicas"] = {}  # no replica: a model request goes to the ingress, which holds it
+        loop.step()
+        assert loop.backup == new.addr
+        assert call(port, "/v1/completions", {"model": "tiny"})[1]["by"] == "new-ingress"
+    finally:
+        loop.stop()
+        for stub in (new, replica):
+            stub.shutdown()
