@@ -160,6 +160,9 @@ def _app_state(name: str) -> tuple[str, str]:
         parts.append(f"{dep_name}: {dep.status.value} {running}/{total} replicas running")
         if dep.status.value == "DEPLOY_FAILED" or (dep.message and "failed" in dep.message.lower()):
             parts[-1] += f" ({dep.message.strip().splitlines()[-1][:300]})"
+        elif dep.message and "to be scheduled" in dep.message:  # Serve's note on a replica that finds no room
+            parts[-1] += (" (a new replica is waiting for resources: an update starts it before the old one "
+                          "stops, see replicas.max_surge_percent)")
     return app.status.value, "; ".join(parts) or app.status.value
 
 
