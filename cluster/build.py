@@ -19,9 +19,13 @@ IMPORT_PATH = "serving.serve_app:app_builder"  # the application builder Serve i
 
 
 def proxy_port(cfg: TideConfig) -> int:
-    """Serve's proxy port. With direct ingress the ingress replica owns `server.port` (and the next one, the
-    range serve_env gives it), so the proxy moves two up; without it the proxy serves `server.port` itself."""
-    return cfg.server.port + 2 if cfg.server.direct_ingress else cfg.server.port
+    """Serve's proxy port. With direct ingress the ingress replicas own a range of ports (serve_env's), and with
+    `front: haproxy` HAProxy owns `server.port`, so the proxy moves past both; without direct ingress the proxy
+    serves `server.port` itself."""
+    if not cfg.server.direct_ingress:
+        return cfg.server.port
+    port = cfg.server.ingress_port_range()[1] + 1
+    return port + 1 if port == cfg.server.port else port
 
 
 def app_args(cfg: TideConfig) -> dict[str, Any]:

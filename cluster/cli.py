@@ -187,6 +187,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 _say("warning: no direct ingress on this cluster: serving through Serve's proxy on "
                      f"port {cfg.server.port} instead (start Ray with the variables above for the faster path)")
                 cfg.server.direct_ingress = False
+                cfg.server.front = "ingress"
+            elif cfg.server.front == "haproxy" and have.get("TIDE_FRONT") != "haproxy":
+                _say("warning: this cluster's Ray was started without TIDE_FRONT=haproxy: serving through the "
+                     f"ingress on port {cfg.server.port} instead (`tide deploy` then restarts the app)")
+                cfg.server.front = "ingress"
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if cfg.server.direct_ingress else "0"
         if cfg.server.direct_ingress and cfg.server.front != "haproxy" and _app_running():
             # Serve replaces a replica by starting the new one first, but a direct-ingress replica holds the

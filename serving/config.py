@@ -219,12 +219,13 @@ class ServerConfig(_Strict):
         "Tide starts Ray; on a cluster, start each node's Ray with the variables of serving.launcher.serve_env.",
     )
     front: Literal["ingress", "haproxy"] = Field(
-        "ingress",
-        description="What listens on `port`. `ingress`: the ingress replica (Serve direct ingress) governs every "
-        "request and forwards it to a model replica over Ray. `haproxy`: HAProxy (shipped with Ray) sends each "
-        "chat, completion and embeddings request straight to a replica's own HTTP server (vLLM's OpenAI app), "
-        "routed by the body's `model`, with no Ray hop; what it cannot decide (other routes, cold models, keys "
-        "with rate limits) goes to the ingress on `ingress_port`.",
+        "haproxy",
+        description="What listens on `port`. `haproxy` (default): HAProxy (shipped with Ray) sends each chat, "
+        "completion and embeddings request straight to a replica's own HTTP server (vLLM's OpenAI app), routed by "
+        "the body's `model`, with no Ray hop; what it cannot decide (other routes, cold models, keys with rate "
+        "limits) goes to the ingress on `ingress_port`; `tide deploy` updates it without failing requests. "
+        "`ingress`: the ingress replica (Serve direct ingress) governs every request and forwards it to a model "
+        "replica over Ray; `tide deploy` restarts the app. Without direct_ingress the default is `ingress`.",
     )
     ingress_port: int | None = Field(
         None, ge=1, le=65534 - 8, description="With `front: haproxy`: the first of the ingress replicas' own loopback "
@@ -246,6 +247,9 @@ class ServerConfig(_Strict):
     @model_validator(mode="after")
     def _front(self) -> "ServerConfig":
         if self.front == "haproxy" and not self.direct_ingress:
+            if "front" not in self.model_fields_set:  # the default follows: Serve's proxy serves the port
+                self.front = "ingress"
+                return self
             raise ValueError("server.front: haproxy needs server.direct_ingress: true (the ingress behind it "
                              "listens on its own port)")
         return self
@@ -255,6 +259,12 @@ class ServerConfig(_Strict):
         if self.front == "haproxy":
             return self.ingress_port or self.port + 1
         return self.port
+
+    def ingress_port_range(self) -> tuple[int, int]:
+        """The ports Serve's direct ingress may bind (behind HAProxy a few: an update starts the new ingress
+        beside the old one)."""
+        low = self.private_ingress_port()
+        return low, low + (8 if self.front == "haproxy" else 1)
 
 
 class TideConfig(_Strict):

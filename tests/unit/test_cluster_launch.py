@@ -45,7 +45,7 @@ def test_env_mismatch_when_models_move_the_port():
     cluster = {"head_start_ray_commands": ["export RAY_SERVE_THROUGHPUT_OPTIMIZED=1; ray start --head"],
                "worker_start_ray_commands": []}
     problems = env_mismatches(cluster, _cfg(port=9000))
-    assert "head_start_ray_commands: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=(unset), the models config needs 9000" \
+    assert "head_start_ray_commands: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=(unset), the models config needs 9001" \
         in problems
     assert not any("THROUGHPUT" in p and p.startswith("head") for p in problems)
     assert any(p.startswith("worker_start_ray_commands: RAY_SERVE_THROUGHPUT_OPTIMIZED") for p in problems)
