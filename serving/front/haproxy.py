@@ -17,7 +17,6 @@ wrong key (the ingress's 401), an unknown model (its 404).
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ BUFFER_BYTES = 65536  # HAProxy's tune.bufsize: a `model` within this much of th
 SLOT_PREFIX = "r"
 INGRESS = "ingress"  # the backend of the ingress replicas (the governed path)
 INGRESS_SLOTS = 16  # ingress replicas one front can know at once (one per node, two while one rolls)
+INGRESS_CHECK = "check inter 1s fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down"
 AFFINITY_CHARS = 512  # the prompt's head that picks a replica (a chat's system prompt, a few-shot preamble)
 
 
@@ -52,11 +52,8 @@ class FrontSpec:
     socket: str = ""  # the runtime API's unix socket
     max_body_bytes: int = 4 * 1024 * 1024
     x_api_key: bool = True  # `x-api-key` is accepted besides `Authorization: Bearer`
-
-
-def handover_socket(port: int) -> str:
-    """The runtime socket through which a new front on `port` takes the old one's listener (one path per port)."""
-    return str(Path(tempfile.gettempdir()) / f"tide-front-{port}.sock")
+    listen_fd: int | None = None  # the public port's socket, inherited (serving/front/listener.py)
+    ingresses: tuple[str, ...] = ()  # ingress replicas known at start (their slots are filled in the config)
 
 
 def backend(i: int) -> str:
@@ -123,9 +120,6 @@ def render(spec: FrontSpec, folder: Path) -> str:
     lines = [
         "global",
         f"    stats socket {spec.socket} mode 600 level admin",
-        # the next front on this port takes the listening socket over from here (`-x`): no connection waiting
-        # in the accept queue is lost when this one stops
-        f"    stats socket {handover_socket(spec.port)} mode 600 level admin expose-fd listeners",
         f"    tune.bufsize {BUFFER_BYTES}",
         "",
         "defaults",
@@ -146,7 +140,7 @@ def render(spec: FrontSpec, folder: Path) -> str:
         errors,
         "",
         "frontend tide",
-        f"    bind {spec.host}:{spec.port}",
+        f"    bind {f'fd@{spec.listen_fd}' if spec.listen_fd is not None else f'{spec.host}:{spec.port}'}",
         f"    acl model_route path {' '.join(MODEL_ROUTES)}",
         "    acl post method POST",
         "    http-request set-var(txn.model) req.body,json_query('$.model') if model_route post",
@@ -209,13 +203,20 @@ def render(spec: FrontSpec, folder: Path) -> str:
     lines += [
         f"backend {INGRESS}",
         "    retry-on conn-failure",
-        # one slot per ingress replica (the loop fills them from the hub): a refused connection (a stopping
-        # ingress closed its listener) marks that one down and the request goes to another
-        f"    server-template {SLOT_PREFIX} 1-{INGRESS_SLOTS} 127.0.0.1:1 disabled check inter 1s fall 1 rise 1 "
-        "observe layer4 error-limit 1 on-error mark-down",
+        # one slot per ingress replica, the ones known at start filled in (the loop keeps them current from the
+        # hub): a refused connection (a stopping ingress closed its listener) marks that one down and the
+        # request goes to another
+        *[f"    server {SLOT_PREFIX}{i} {addr} {INGRESS_CHECK}" for i, addr in enumerate(spec.ingresses, 1)],
+        f"    server-template {SLOT_PREFIX} {len(spec.ingresses) + 1}-{INGRESS_SLOTS} 127.0.0.1:1 disabled "
+        f"{INGRESS_CHECK}",
         "",
     ]
     return "\n".join(lines)
+
+
+def ingress_table(spec: FrontSpec) -> "Table":
+    """The ingress slots as `render` fills them from `spec.ingresses`."""
+    return {addr: (Slot(INGRESS, i), False) for i, addr in enumerate(spec.ingresses, 1)}
 
 
 def backup_commands(spec: FrontSpec, address: str) -> list[str]:

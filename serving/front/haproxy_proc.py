@@ -3,10 +3,10 @@ a thread that keeps its replica table current through HAProxy's runtime API.
 
 Run by each ingress replica (serving/ingress.py, `server.front: haproxy`): the ingress's reaper
 (serving/replica/reaper.py) kills HAProxy if the ingress dies without stopping it, and a crashed HAProxy is
-started again by the loop. The loop reads where each model replica's and each ingress replica's own server
+started again by the loop, on the listening socket the ingress holds (serving/front/listener.py). The loop reads where each model replica's and each ingress replica's own server
 listens from the stats hub (they leave it there every second), so a front sends the governed path to every
-ingress of the cluster, not only its own: while an update replaces the ingress, the new one's front takes the
-listener over (`-x`) and both fronts send to whichever ingress still listens.
+ingress of the cluster, not only its own: while an update replaces the ingress, the new one's front shares the
+old one's listening socket and both fronts send to whichever ingress still listens.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, handover_socket,
+from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, ingress_table,
                       plan_slots, rejected_counts, write_files)
+from .listener import SharedListener
 
 logger = logging.getLogger("tide.front")
 LOOP_S = 0.5
@@ -45,17 +46,18 @@ class HAProxy:
         self.folder = folder or Path(tempfile.mkdtemp(prefix="tide-front-"))
         self.spec = replace(spec, socket=str(self.folder / "api.sock"))
         self.proc: subprocess.Popen | None = None
+        self.listener: SharedListener | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.listener is None:  # kept across restarts: what arrives meanwhile waits in its queue
+            self.listener = SharedListener(self.spec.host, self.spec.port)
+        self.spec = replace(self.spec, listen_fd=self.listener.fd)
         cfg = write_files(self.spec, self.folder)
         log = open(self.folder / "haproxy.log", "ab")
         args = [haproxy_binary(), "-db", "-f", str(cfg)]
-        old = handover_socket(self.spec.port)
-        if _answers(old):  # another front serves this port (a rolling update): take its listener over
-            args += ["-x", old]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log, close_fds=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                                     pass_fds=(self.listener.fd,))
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -83,9 +85,10 @@ class HAProxy:
                 out += chunk
         return out.decode(errors="replace")
 
-    def stop(self, grace_s: float = 0.0) -> None:
-        """Stop HAProxy; with `grace_s`, a soft stop first: it stops listening (another front on the same port
-        takes new connections) and finishes the requests it has, for at most that long."""
+    def stop(self, grace_s: float = 0.0, keep_listener: bool = False) -> None:
+        """Stop HAProxy; with `grace_s`, a soft stop first: it stops accepting (another front on the same socket
+        takes new connections) and finishes the requests it has, for at most that long. `keep_listener`: hold
+        the socket for the next start (a restart)."""
         if self.proc is not None and self.proc.poll() is None and grace_s > 0:
             self.proc.send_signal(signal.SIGUSR1)
             try:
@@ -99,17 +102,10 @@ class HAProxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if not keep_listener and self.listener is not None:
+            self.listener.close()
+            self.listener = None
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _answers(path: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(path)
-        return True
-    except OSError:
-        return False
 
 
 def listening_address(lo: int, hi: int, pid: int | None = None) -> str | None:
@@ -186,11 +182,11 @@ class FrontLoop:
             if self.front.proc is not None:
                 logger.warning("HAProxy is not running; starting it again")
                 self._base = {m: self._base.get(m, 0) + n for m, n in self._last.items()}
-                self.front.stop()
+                self.front.stop(keep_listener=True)
             self.backup = self.own or min(ingresses)
-            self.front.spec = replace(self.front.spec, ingress=self.backup)
+            self.front.spec = replace(self.front.spec, ingress=self.backup, ingresses=tuple(sorted(ingresses)))
             self.front.start()
-            self.table, self.ingress_table = {}, {}
+            self.table, self.ingress_table = {}, ingress_table(self.front.spec)
         self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
                                               {INGRESS: INGRESS_SLOTS})
         backup = self.own if self.own else (self.backup if self.backup in ingresses else min(ingresses, default=""))

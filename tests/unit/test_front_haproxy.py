@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 import urllib.error
 import urllib.request
@@ -254,7 +255,12 @@ def test_prompts_that_begin_alike_go_to_the_same_replica(front):
     proxy.command([f"set server m0/r2 addr 127.0.0.1 port {other.server_address[1]}", "set server m0/r2 state ready"])
     auth = {"authorization": f"Bearer {KEY}"}
 
+    def idle() -> bool:  # the last request's replica connection is closed (bounded load counts open ones)
+        rows = [r.split(",") for r in proxy.command(["show stat"]).splitlines() if r.startswith("m0,BACKEND")]
+        return rows and rows[0][4] == "0"
+
     def by(body: dict) -> str:
+        until(idle)
         return call(port, "/v1/chat/completions" if "messages" in body else "/v1/completions",
                     {"model": "tiny", **body}, auth)[1]["by"]
 
@@ -268,24 +274,63 @@ def test_prompts_that_begin_alike_go_to_the_same_replica(front):
     other.shutdown()
 
 
-def test_a_new_front_takes_the_listener_over_from_the_old():
-    """A rolling update starts the new ingress's HAProxy beside the old one on the same port: the new one takes
-    the old one's listening socket (`-x`), so stopping the old loses no connection waiting to be accepted."""
+def _load(port: int, results: list, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            results.append(call(port, "/v1/models")[0])
+        except OSError as e:
+            results.append(repr(e))
+        time.sleep(0.005)
+
+
+def test_a_new_front_shares_the_old_ones_socket_and_stopping_the_old_loses_nothing():
+    """An update starts the new ingress's front beside the old one: it asks the old one's process for the
+    listening socket, so both accept from one queue, and the old one's soft stop refuses no connection."""
     ingress = Stub("ingress")
-    s = spec(ingress=ingress.addr)
+    s = spec(ingresses=(ingress.addr,))  # the ingress known at start is in the config: no 503 before the loop
     old, new = HAProxy(s), HAProxy(s)
-    slot = plan_slots({}, {ingress.addr: (INGRESS, False)}, {INGRESS: INGRESS_SLOTS})[1]
+    results: list = []
+    stop = threading.Event()
+    loaders = [threading.Thread(target=_load, args=(s.port, results, stop)) for _ in range(3)]
     old.start()
     try:
-        old.command(slot)
+        for t in loaders:
+            t.start()
         new.start()
-        new.command(slot)
-        assert "-x" in new.proc.args
+        assert new.listener.taken and not old.listener.taken  # one socket, not two
+        time.sleep(0.3)
         old.stop(grace_s=5.0)
-        assert not old.alive() and call(s.port, "/v1/models")[1]["by"] == "ingress"
+        time.sleep(0.3)
+        stop.set()
+        for t in loaders:
+            t.join()
+        assert not old.alive() and len(results) > 20 and set(results) == {200}, [r for r in results if r != 200]
     finally:
+        stop.set()
         old.stop()
         new.stop()
+        ingress.shutdown()
+
+
+def test_an_haproxy_that_dies_is_restarted_on_the_same_socket_and_what_arrived_meanwhile_is_answered():
+    ingress = Stub("ingress")
+    hub = {"ingresses": {"a": {"http": ingress.addr, "time": time.time()}}, "replicas": {}}
+    loop = FrontLoop(HAProxy(spec()), lambda: hub, lambda: None, lambda model, rate: 1)
+    try:
+        loop.step()
+        port, first = loop.front.spec.port, loop.front.proc.pid
+        assert call(port, "/v1/models")[1]["by"] == "ingress"
+        loop.front.proc.kill()
+        loop.front.proc.wait()
+        with ThreadPoolExecutor(4) as pool:  # sent while no HAProxy runs: they wait in the socket's queue
+            waiting = [pool.submit(call, port, "/v1/models") for _ in range(4)]
+            time.sleep(0.3)
+            hub["ingresses"]["a"]["time"] = time.time()
+            loop.step()  # the loop notices and starts HAProxy again
+            assert loop.front.proc.pid != first
+            assert [f.result(timeout=10)[0] for f in waiting] == [200] * 4
+    finally:
+        loop.stop()
         ingress.shutdown()
 
 
