@@ -137,6 +137,7 @@ class FrontLoop:
         self.own: str | None = None
         self.ingress_table: Table = {}
         self.backup = ""  # where the model backends' backup server points
+        self._retry: dict[str, int] = {}  # Retry-After seconds HAProxy has per model backend
         self._base: dict[str, int] = {}  # counts of HAProxy processes that have since been replaced
         self.index = {m.name: backend(i) for i, m in enumerate(front.spec.models)}
         self.capacity = {backend(i): max(m.max_replicas, 1) for i, m in enumerate(front.spec.models)}
@@ -186,7 +187,7 @@ class FrontLoop:
             self.backup = self.own or min(ingresses)
             self.front.spec = replace(self.front.spec, ingress=self.backup, ingresses=tuple(sorted(ingresses)))
             self.front.start()
-            self.table, self.ingress_table = {}, ingress_table(self.front.spec)
+            self.table, self.ingress_table, self._retry = {}, ingress_table(self.front.spec), {}
         self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
                                               {INGRESS: INGRESS_SLOTS})
         backup = self.own if self.own else (self.backup if self.backup in ingresses else min(ingresses, default=""))
@@ -204,10 +205,13 @@ class FrontLoop:
         self.table, moves = plan_slots(self.table, wanted, self.capacity)
         cmds += moves
         for model, be in self.index.items():
-            cmds.append(f"set map {self.front.folder}/retry.map {be} {self.retry_after(model, self._rate(model, now, finished))}")
+            seconds = self.retry_after(model, self._rate(model, now, finished))
+            if self._retry.get(be) != seconds:  # only what changed (the map starts at 1 s)
+                cmds.append(f"set map {self.front.folder}/retry.map {be} {seconds}")
+                self._retry[be] = seconds
         if cmds:
             out = self.front.command(cmds)
-            if moves or len(cmds) > len(self.index):
+            if moves or any(not c.startswith("set map") for c in cmds):
                 logger.info("front servers: %s, ingresses %s (%s)", {a: s.server for a, (s, _) in self.table.items()},
                             sorted(self.ingress_table), out.strip())
         names = {be: model for model, be in self.index.items()}

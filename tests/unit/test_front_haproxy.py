@@ -349,6 +349,13 @@ def test_a_front_sends_the_governed_path_to_every_ingress_and_outlives_its_own()
         assert loop.front.alive() and loop.backup == old.addr
         assert call(port, "/v1/models")[1]["by"] == "old-ingress"
         assert call(port, "/v1/completions", {"model": "tiny"})[1]["by"] == "tiny-replica"
+        sent: list[list[str]] = []
+        command = loop.front.command
+        loop.front.command = lambda cmds: (sent.append(cmds), command(cmds))[1]
+        for snap in [*hub["ingresses"].values(), *hub["replicas"].values()]:
+            snap["time"] = now()  # (reports stay fresh however slow this machine is)
+        loop.step()  # nothing changed: only the counters are read
+        assert sent == [["show stat"]], sent
         hub["ingresses"]["b"] = {"http": new.addr, "time": now()}
         loop.step()
         seen = {call(port, "/v1/models")[1]["by"] for _ in range(20)}
