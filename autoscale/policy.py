@@ -61,7 +61,12 @@ class PolicyConfig(BaseModel):
     replica_start_s: NonNegativeFloat = Field(
         30.0, description="Expected seconds for a new replica to serve: how far ahead a rising demand is projected."
     )
-    max_step_up: int = Field(4, ge=1, description="Most replicas added in one decision.")
+    max_step_up: int = Field(4, ge=1, description="Most replicas added in one decision, for small fleets.")
+    max_step_up_percent: NonNegativeFloat = Field(
+        100.0, description="Most replicas added in one decision as a percent of the current fleet, when that is "
+        "more than max_step_up (Kubernetes' HPA default: 4 pods or 100%). 0: max_step_up alone, which at "
+        "10,000 replicas shed 0.47% of a day's requests in the simulator (benchmarks/RESULTS.md).",
+    )
     kv_cache_high: float = Field(
         0.9, gt=0, le=1, description="Mean KV-cache usage (0..1) of the reporting replicas above which the engines "
         "are about to preempt: counts as scale-up pressure (fleet sized to bring it back to this level).",
@@ -137,6 +142,12 @@ def replicas_for(demand: float, cfg: PolicyConfig) -> int:
     return math.ceil(demand / (cfg.replica_capacity * cfg.target_utilization) - 1e-9) if demand > 0 else 0
 
 
+def step_up(current: int, cfg: PolicyConfig) -> int:
+    """Most replicas one decision may add to a fleet of `current`: proportional to the fleet, at least
+    max_step_up (a fixed step takes hours to grow a large fleet; a proportional one alone, minutes to leave 1)."""
+    return max(cfg.max_step_up, math.ceil(current * cfg.max_step_up_percent / 100 - 1e-9))
+
+
 def decide(
     now: float,
     current: int,
@@ -204,7 +215,7 @@ def decide_load(
     if pressured and need > current:
         since = st.setdefault("up_since", now)
         if now - since >= cfg.upscale_delay_s:
-            target = min(need, current + cfg.max_step_up)
+            target = min(need, current + step_up(current, cfg))
             _learn_from_reversal(st, now, current, target, start_s, cfg)
             return out(target, Action.UP, f"demand {demand:.0f} (projected {projected:.0f} in {start_s:.0f}s), "
                                           f"{queue_per_replica:.1f} waiting/replica, KV {kv_mean:.0%} -> {target} replicas")

@@ -196,6 +196,34 @@ def compare(a: argparse.Namespace) -> None:
     (OUT / "sim_compare.md").write_text("\n\n".join(all_rows) + "\n")
 
 
+def steps(a: argparse.Namespace) -> None:
+    """The step-up rule at both ends: a fixed 4 per decision vs 4-or-100% of the fleet (the default), on the
+    scale day (10,000 replicas, 1,000,000 users, starting at 1 replica) and on the 200-replica traces."""
+    prof = load_profile("h100-llama3-8b")
+    rules = {"fixed 4": {"max_step_up_percent": 0}, "4 or 100% (default)": {}}
+    results = []
+    tc = TraceConfig(duration_s=86_400, users=1_000_000, requests_per_user_per_h=180, prompt_tokens=2000,
+                     output_tokens=1000)
+    trace = load_trace("diurnal", tc, a.scale_dt)
+    fc = FleetConfig(replicas_min=1, replicas_max=10_000, node_provision_s=300, sample_s=300)
+    for label, over in rules.items():
+        pol = make_policy("tide", 1, 10_000, {"replica_capacity": prof.max_num_seqs, **over})
+        results.append(simulate(trace, prof, pol, f"scale day, {label}", fc))
+        print(table(results[-1:]), flush=True)
+    for kind in ("poisson", "diurnal", "flash-crowd"):
+        tc = TraceConfig(duration_s=86_400 if kind == "diurnal" else 3600, users=20_000, requests_per_user_per_h=30)
+        trace = load_trace(kind, tc, a.dt)
+        fc = FleetConfig(replicas_min=1, replicas_max=200, node_provision_s=120, sample_s=60,
+                         initial_replicas=opening_fleet(trace, prof))
+        for label, over in rules.items():
+            pol = make_policy("tide", 1, 200, {"replica_capacity": prof.max_num_seqs, **over})
+            results.append(simulate(trace, prof, pol, f"{kind}, {label}", fc))
+            print(table(results[-1:]), flush=True)
+    text = table(results)
+    print(text)
+    (OUT / "sim_steps.md").write_text(text + "\n")
+
+
 _TUNING: dict[str, dict] = {  # variations around the current defaults (target_utilization 0.9, downscale 30 s)
     "upscale 0s": {"upscale_delay_s": 0},
     "step 16": {"max_step_up": 16},
@@ -223,9 +251,12 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("--dt", type=float, default=1.0)
     c.add_argument("--replicas-max", type=int, default=200)
+    st = sub.add_parser("steps")
+    st.add_argument("--dt", type=float, default=1.0)
+    st.add_argument("--scale-dt", type=float, default=2.0)
     a = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"validate": validate, "scale": scale, "compare": compare}[a.cmd](a)
+    {"validate": validate, "scale": scale, "compare": compare, "steps": steps}[a.cmd](a)
 
 
 if __name__ == "__main__":

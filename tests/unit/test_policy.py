@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from autoscale.policy import (Action, Load, PolicyConfig, ReplicaStats, decide, decide_load, demand_of, replicas_for,
-                              summarize)
+                              step_up, summarize)
 
 CFG = PolicyConfig(min_replicas=1, max_replicas=8, replica_capacity=10, target_utilization=0.8,
                    target_waiting_per_replica=2, downscale_utilization=0.5, upscale_delay_s=2,
@@ -65,6 +65,23 @@ def test_burst_scales_up_after_upscale_delay_not_before():
     assert d.action == Action.UP and d.replicas == 5  # capped by max_step_up (4) from 1
     sim.run(60, 5)
     assert sim.n == 8  # 60 / 8 -> 8 replicas, reached in two steps
+
+
+@pytest.mark.parametrize("current,percent,step", [
+    (0, 100, 4), (1, 100, 4), (4, 100, 4), (5, 100, 5), (200, 100, 200), (10_000, 100, 10_000),
+    (10_000, 0, 4), (10_000, 10, 1_000), (33, 10, 4), (41, 10, 5),
+])
+def test_the_step_up_grows_with_the_fleet_and_never_below_max_step_up(current, percent, step):
+    assert step_up(current, CFG.model_copy(update={"max_step_up_percent": percent})) == step
+
+
+def test_a_large_fleet_grows_by_its_own_size_per_decision():
+    cfg = CFG.model_copy(update={"max_replicas": 10_000, "upscale_delay_s": 0})
+    big = Load(demand=1000 * 10 * 3, waiting=1000 * 10 * 2, reporting=1000)  # 1,000 replicas, 3x what they hold
+    d = decide_load(0.0, 1000, big, cfg)
+    assert d.action == Action.UP and d.replicas == 2000  # not 1,004
+    fixed = cfg.model_copy(update={"max_step_up_percent": 0})
+    assert decide_load(0.0, 1000, big, fixed).replicas == 1004
 
 
 def test_ramp_is_anticipated_by_the_cold_start_projection():
