@@ -39,6 +39,5 @@ def build_app(cfg: TideConfig) -> Application:
                      "admission": m.admission.model_dump(), "task": m.task,
                      "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.
-    server = cfg.server.model_copy(update={"auth": resolve_env(cfg.server.auth)})
-    ingress = versioned(Ingress.options(**options), server.model_dump(), cold)
-    return ingress.bind(models, server.model_dump(), cold)
+    server = cfg.server.model_copy(update={"auth": resolve_env(cfg.server.auth)}).model_dump()
+    return versioned(Ingress.options(**options), server, cold).bind(models, server, cold)

@@ -3,8 +3,8 @@ a thread that keeps its replica table current through HAProxy's runtime API.
 
 Run by each ingress replica (serving/ingress.py, `server.front: haproxy`): the ingress's reaper
 (serving/replica/reaper.py) kills HAProxy if the ingress dies without stopping it, and a crashed HAProxy is
-started again by the loop, on the listening socket the ingress holds (serving/front/listener.py). The loop reads where each model replica's and each ingress replica's own server
-listens from the stats hub (they leave it there every second), so a front sends the governed path to every
+started again by the loop, on the listening socket the ingress holds (serving/front/listener.py). The loop
+reads where each model replica's and each ingress replica's own server listens from the stats hub (they leave it there every second), so a front sends the governed path to every
 ingress of the cluster, not only its own: while an update replaces the ingress, the new one's front shares the
 old one's listening socket and both fronts send to whichever ingress still listens.
 """
@@ -190,7 +190,7 @@ class FrontLoop:
             self.table, self.ingress_table, self._retry = {}, ingress_table(self.front.spec), {}
         self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
                                               {INGRESS: INGRESS_SLOTS})
-        backup = self.own if self.own else (self.backup if self.backup in ingresses else min(ingresses, default=""))
+        backup = self.own or (self.backup if self.backup in ingresses else min(ingresses, default=""))
         if backup and backup != self.backup:
             cmds += backup_commands(self.front.spec, backup)
             self.backup = backup
@@ -211,7 +211,7 @@ class FrontLoop:
                 self._retry[be] = seconds
         if cmds:
             out = self.front.command(cmds)
-            if moves or any(not c.startswith("set map") for c in cmds):
+            if any(not c.startswith("set map") for c in cmds):  # the table changed, not only a Retry-After
                 logger.info("front servers: %s, ingresses %s (%s)", {a: s.server for a, (s, _) in self.table.items()},
                             sorted(self.ingress_table), out.strip())
         names = {be: model for model, be in self.index.items()}

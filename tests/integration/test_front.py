@@ -67,15 +67,19 @@ def _procs(title: str) -> list[psutil.Process]:
     return out
 
 
+def _one_token(url: str) -> httpx.Response:
+    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1}, headers=AUTH,
+                   timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    return r
+
+
 def _until_direct(url: str, limit_s: float = 30.0) -> None:
     """Until the front's table has the replica (it reports its address each second): before, the front sends
     model requests to the ingress, which answers them too."""
     deadline = time.monotonic() + limit_s
     while True:
-        r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1},
-                       headers=AUTH, timeout=60)
-        assert r.status_code == 200, r.text[:300]
-        if "x-request-id" not in r.headers:
+        if "x-request-id" not in _one_token(url).headers:
             return
         assert time.monotonic() < deadline, "the front never sent a request straight to the replica"
         time.sleep(0.2)
@@ -235,10 +239,7 @@ def _ingress_pids() -> set[int]:
 
 
 def _replica_name(url: str) -> str:
-    r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1}, headers=AUTH,
-                   timeout=60)
-    assert r.status_code == 200, r.text[:300]
-    return r.headers["x-tide-replica"]
+    return _one_token(url).headers["x-tide-replica"]
 
 
 def test_tide_deploy_under_load_restarts_only_what_changed_and_fails_no_request(front, tmp_path):
