@@ -3,6 +3,7 @@
     python benchmarks/bench_sim.py validate   # sim vs benchmarks/out/autoscale.json -> benchmarks/sim_validation.png
     taskset -c 0 python benchmarks/bench_sim.py scale      # run time vs replicas and requests (one core)
     python benchmarks/bench_sim.py compare    # Tide vs Serve default on the built-in traces; tuning sweep
+    python benchmarks/bench_sim.py parallel   # a day of Llama-3-70B on TP-4 replicas vs 8B on one GPU each
 
 Each prints a Markdown table (also written to benchmarks/out/sim_*.md).
 """
@@ -224,6 +225,27 @@ def steps(a: argparse.Namespace) -> None:
     (OUT / "sim_steps.md").write_text(text + "\n")
 
 
+def parallel(a: argparse.Namespace) -> None:
+    """One diurnal day, the same users, served by Llama-3-8B on one H100 per replica or Llama-3-70B on four
+    (tensor parallel): the GPU-hours, cost and latency a bigger model costs when a replica is its whole group."""
+    tc = TraceConfig(duration_s=86_400, users=a.users, requests_per_user_per_h=30)
+    trace = load_trace("diurnal", tc, a.dt)
+    results = []
+    for name in ("h100-llama3-8b", "h100-llama3-70b-tp4"):
+        prof = load_profile(name)
+        fc = FleetConfig(replicas_min=1, replicas_max=a.replicas_max, node_provision_s=300, sample_s=300,
+                         gpus_per_node=8, price_per_gpu_h=a.price_per_gpu_h,
+                         initial_replicas=opening_fleet(trace, prof))
+        pol = make_policy("tide", 1, a.replicas_max, {"replica_capacity": prof.max_num_seqs,
+                                                      "replica_start_s": prof.cold_start_s})
+        results.append(simulate(trace, prof, pol, f"tide, {name}", fc))
+        print(table(results[-1:]), flush=True)
+    text = table(results)
+    print(text)
+    (OUT / "sim_parallel.md").write_text(text + "\n")
+    plot(results, OUT / "sim_parallel.png", f"diurnal day, {a.users:,} users: 8B on 1 GPU vs 70B on 4 (TP-4)")
+
+
 _TUNING: dict[str, dict] = {  # variations around the current defaults (target_utilization 0.9, downscale 30 s)
     "upscale 0s": {"upscale_delay_s": 0},
     "step 16": {"max_step_up": 16},
@@ -254,9 +276,14 @@ def main() -> None:
     st = sub.add_parser("steps")
     st.add_argument("--dt", type=float, default=1.0)
     st.add_argument("--scale-dt", type=float, default=2.0)
+    pa = sub.add_parser("parallel")
+    pa.add_argument("--dt", type=float, default=1.0)
+    pa.add_argument("--users", type=int, default=20_000)
+    pa.add_argument("--replicas-max", type=int, default=400)
+    pa.add_argument("--price-per-gpu-h", type=float, default=2.5)
     a = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"validate": validate, "scale": scale, "compare": compare, "steps": steps}[a.cmd](a)
+    {"validate": validate, "scale": scale, "compare": compare, "steps": steps, "parallel": parallel}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -63,10 +63,29 @@ def serve_config_yaml(cfg: TideConfig, source: str) -> str:
         "# 10 s instead of 1 s (slower scale-up), and no direct ingress: the endpoint is then the Serve proxy on",
         f"# port {proxy_port(cfg)} (one more hop, about half the tokens/s measured on 2 cores).",
     ]
+    for m in cfg.models:
+        p = m.placement()
+        if p.bundles:
+            head.append(f"# {m.name}: tensor_parallel_size {p.tp} x pipeline_parallel_size {p.pp} -> each replica "
+                        f"reserves a placement group of {len(p.bundles)} bundle(s) {p.bundles}, {p.strategy}, "
+                        f"vLLM executor `{p.executor}`")
     local = local_model_paths(cfg)
     if local:
         head.append("# Local model folders (must exist on every node): " + ", ".join(local))
     return "\n".join(head) + "\n" + yaml.safe_dump(serve_config(cfg), sort_keys=False, width=110)
+
+
+def gpus_per_pod(cfg: TideConfig) -> int:
+    """GPUs of one KubeRay GPU worker pod: the largest group that must sit on one node (a STRICT_PACK tensor
+    parallel replica), else one (pipeline stages and one-GPU replicas spread over pods)."""
+    need = 1.0
+    for m in cfg.models:
+        p = m.placement()
+        if p.strategy == "STRICT_PACK":
+            need = max(need, p.gpus)
+        else:
+            need = max(need, *(b.get("GPU", 0.0) for b in p.bundles or [{}]), p.actor_num_gpus)
+    return int(-(-need // 1))
 
 
 def kuberay_service(cfg: TideConfig, image: str, name: str = "tide", gpu_max_workers: int = 4,
@@ -78,6 +97,7 @@ def kuberay_service(cfg: TideConfig, image: str, name: str = "tide", gpu_max_wor
     kcfg.server.host = "0.0.0.0"  # inside the pod; the Kubernetes Service decides what is exposed
     env = [{"name": k, "value": v} for k, v in sorted(serve_env(kcfg).items())]
     serve = serve_config(kcfg)  # (assigned fields count as set, so the args carry them)
+    gpus = gpus_per_pod(cfg)
 
     def container(cname: str, resources: dict[str, Any], ports: list[dict[str, Any]]) -> dict[str, Any]:
         return {"name": cname, "image": image, "env": env, "resources": resources, "ports": ports,
@@ -107,8 +127,9 @@ def kuberay_service(cfg: TideConfig, image: str, name: str = "tide", gpu_max_wor
                     "rayStartParams": {},
                     "template": {"spec": {
                         "containers": [container("ray-worker", {
-                            "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
-                            "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}}, [])],
+                            "requests": {"cpu": str(8 * gpus), "memory": f"{32 * gpus}Gi", "nvidia.com/gpu": str(gpus)},
+                            "limits": {"cpu": str(8 * gpus), "memory": f"{32 * gpus}Gi", "nvidia.com/gpu": str(gpus)},
+                        }, [])],
                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                     }},
                 }],

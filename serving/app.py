@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.serve import Application
 
 from .auth import resolve_env
 from .lora import adapter_cards
-from .config import TideConfig
+from .config import ConfigError, TideConfig
 from .config import APP_NAME  # noqa: F401 - re-exported (serving.app.APP_NAME)
 from .engine import model_deployment
 from .ingress import Ingress
+from .placement import fit_problem
 from .rollout import versioned
 
+def node_shapes() -> list[dict[str, float]] | None:
+    """What nodes can hold a replica: the live ones, plus the node types Ray's autoscaler may add (the head's
+    bootstrap config, on `ray up` clusters). None when a type is sized only at launch (`resources: {}`)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    shapes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    boot = Path.home() / "ray_bootstrap_config.yaml"
+    if boot.is_file():
+        try:
+            types = (yaml.safe_load(boot.read_text()) or {}).get("available_node_types") or {}
+        except (OSError, yaml.YAMLError):
+            return None
+        for node_type in types.values():
+            if not node_type.get("resources"):
+                return None
+            shapes.append(dict(node_type["resources"]))
+    return shapes
+
+
+def check_placements(cfg: TideConfig, nodes: list[dict[str, float]] | None) -> None:
+    """A model whose replica no node can hold is refused here, naming the field, instead of pending forever."""
+    problems = [p for i, m in enumerate(cfg.models)
+                if (p := fit_problem(m.placement(), nodes or [], f"models.{i}.engine_args ({m.name})"))]
+    if problems:
+        raise ConfigError("\n".join(["invalid config for this cluster", *(f"  {p}" for p in problems)]))
+
+
 def build_app(cfg: TideConfig) -> Application:
+    check_placements(cfg, node_shapes())
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
     options: dict[str, Any] = {
         "num_replicas": cfg.server.ingress_replicas,
@@ -35,7 +68,7 @@ def build_app(cfg: TideConfig) -> Application:
         options["max_surge_percent"] = 100
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
                      "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
-                     "max_replicas": m.replicas.max,
+                     "max_replicas": m.replicas.max, "workers": m.placement().world, "gpus": m.placement().gpus,
                      "admission": m.admission.model_dump(), "task": m.task,
                      "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.

@@ -5,6 +5,7 @@ A bad file gets one message naming the file and the field (`models.0.replicas.ma
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +35,20 @@ class ReplicaConfig(_Strict):
     max: PositiveInt = Field(1, description="Most replicas the autoscaler may start.")
     initial: int | None = Field(None, ge=0, description="Replicas started at deploy; defaults to `min` (at least 1).")
     num_cpus: NonNegativeFloat = Field(1.0, description="Ray CPUs reserved per replica (fractional allowed).")
-    num_gpus: NonNegativeFloat = Field(0.0, description="Ray GPUs reserved per replica (GPU nodes).")
+    num_gpus: NonNegativeFloat = Field(
+        0.0, description="Ray GPUs reserved per replica (GPU nodes). With tensor/pipeline parallelism "
+        "(engine_args.tensor_parallel_size x pipeline_parallel_size = N workers) a replica holds N GPUs, one per "
+        "worker bundle, so set N (0 on CPU nodes).",
+    )
+    worker_num_cpus: NonNegativeFloat = Field(
+        1.0, description="With tensor/pipeline parallelism: Ray CPUs reserved in each vLLM worker's bundle (on CPU "
+        "nodes, the core the worker computes on). The replica's own `num_cpus` is added to the first bundle.",
+    )
+    placement_strategy: Literal["auto", "STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "auto", description="With tensor/pipeline parallelism: how Ray spreads a replica's worker bundles over "
+        "nodes. `auto`: STRICT_PACK (one node) when pipeline_parallel_size is 1, else PACK (fill a node, then the "
+        "next). Ray's placement group strategies.",
+    )
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests Serve sends one replica at once; vLLM batches them, so keep it high."
     )
@@ -155,6 +169,11 @@ class ModelConfig(_Strict):
             raise ValueError("server_args: tool calling needs a generating model (task `generate`)")
         if "model" in self.engine_args:
             raise ValueError("engine_args must not set `model`; use the model's `model` field")
+        from .placement import parallel_problems
+
+        problems = parallel_problems(self.engine_args, self.replicas.num_gpus)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.lora is not None and (self.engine_args.get("enable_lora") is False or self.task == "embed"):
             raise ValueError("lora: adapters need a generating model with LoRA enabled (task `generate`, "
                              "no `enable_lora: false` in engine_args)")
@@ -172,6 +191,41 @@ class ModelConfig(_Strict):
                 (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"].removeprefix("Value error, ")
                 for x in e.errors())) from None
         return self
+
+    def placement(self):
+        """Where this model's replica and its vLLM workers run (serving.placement)."""
+        from .placement import plan_placement
+
+        r = self.replicas
+        return plan_placement(self.engine_args, r.num_cpus, r.num_gpus, r.worker_num_cpus, r.placement_strategy)
+
+    def hf_config(self) -> dict[str, Any] | None:
+        """The model's config.json when it is on this machine (a local folder, or the Hugging Face cache)."""
+        path: Any = Path(self.model) / "config.json"
+        if not path.is_file():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                path = try_to_load_from_cache(self.model, "config.json")
+            except Exception:
+                return None
+            if not isinstance(path, str):
+                return None
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def shape_problems(self) -> list[str]:
+        """Parallel sizes the model's own shape rules out (when its config.json can be read here)."""
+        from .placement import parallel_sizes, shape_problems
+
+        tp, pp = parallel_sizes(self.engine_args)
+        if tp * pp == 1:
+            return []
+        hf = self.hf_config()
+        return shape_problems(tp, pp, hf) if hf else []
 
     def slots_per_replica(self) -> int:
         """Requests one replica's engine runs at once: its `max_num_seqs` (vLLM's default 256 when unset)."""
@@ -333,6 +387,7 @@ def parse_config(data: Any, source: str | Path = "<config>", base_dir: Path | No
             if m.lora is not None:
                 m.lora.resolve_paths(base_dir)
     problems = [f"  models.{i}.lora: {p}" for i, m in enumerate(cfg.models) if m.lora for p in adapter_problems(m.lora)]
+    problems += [f"  models.{i}.{p}" for i, m in enumerate(cfg.models) for p in m.shape_problems()]
     if problems:  # the engine would refuse these adapters, or die on the first request that names one
         raise ConfigError("\n".join([f"{source}: invalid config", *problems]))
     return cfg

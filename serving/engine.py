@@ -20,6 +20,7 @@ from .errors import engine_dead
 from .faults import engine_stuck
 from .loopback import bind_replica_grpc_to_node
 from .lora import engine_lora_args, lora_request, public_name
+from .placement import bind_setting
 from .rollout import versioned
 from .router import request_router_options
 
@@ -27,38 +28,54 @@ logger = logging.getLogger("tide.engine")
 REPLICA_HEADER = "x-tide-replica"  # on every answer: the Serve replica that served it
 
 
-def _pin_cpu_threads(cfg: ModelConfig) -> None:
-    """vLLM's CPU build binds every engine to core 0 by default; spread replicas over cores by rank."""
-    if "VLLM_CPU_OMP_THREADS_BIND" in cfg.env or cfg.cpu_bind == "auto":
-        return
-    if cfg.cpu_bind != "rank":
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_bind
-        return
+def _replica_rank() -> int:
     try:
-        rank = serve.get_replica_context().rank.rank
+        return serve.get_replica_context().rank.rank
     except Exception:
-        rank = 0
-    cores = sorted(os.sched_getaffinity(0))
-    # Core 0 hosts Ray's own processes and the HTTP path; engines start from the last core.
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[::-1][rank % len(cores)])
+        return 0
+
+
+def _pin_cpu_threads(cfg: ModelConfig, rank: int, local_workers: int) -> None:
+    """vLLM's CPU build binds every engine to core 0 by default; spread replicas over cores by rank, one core per
+    local worker (its tensor/pipeline parallel workers on this node). Core 0 hosts Ray's own processes and the
+    HTTP path, so engines start from the last core."""
+    bind = bind_setting(cfg.cpu_bind, cfg.env, sorted(os.sched_getaffinity(0)), rank, local_workers)
+    if bind is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
 
 
 def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str, Any]) -> None:
     """Give `server` (a generating or an embedding replica) its config, stats and vLLM AsyncLLM engine.
 
     The replica's env and CPU pinning are applied first (vLLM reads them when its processes start);
-    `extra_args` go under the model's own `engine_args`, so an explicit setting there wins."""
+    `extra_args` go under the model's own `engine_args`, so an explicit setting there wins. With tensor/pipeline
+    parallelism the workers use the replica's placement group (serving.placement): vLLM's Ray executor is
+    handed the group, and a CPU group spread over nodes gets its other stages started there
+    (serving/replica/stages.py)."""
     bind_replica_grpc_to_node()  # before Serve starts this replica's gRPC server, after this constructor
     server.cfg = cfg
+    server.stages = []
     os.environ.update(cfg.env)
     from vllm.platforms import current_platform
 
     from .replica.engine_env import engine_env_defaults
 
-    for key, value in engine_env_defaults(cfg.engine_args, current_platform.is_cpu()).items():
+    cpu = current_platform.is_cpu()
+    for key, value in engine_env_defaults(cfg.engine_args, cpu).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("VLLM_ENGINE_READY_TIMEOUT_S", str(int(cfg.replicas.engine_start_timeout_s)))
-    _pin_cpu_threads(cfg)
+    placement, rank = cfg.placement(), _replica_rank()
+    extra_args = {**placement.engine_args(), **extra_args}
+    if cpu and placement.pp > 1:  # vLLM CPU's eager pipeline stages need Tide's worker (patches/cpu_worker.py)
+        from .patches.cpu_worker import WORKER_CLS
+
+        extra_args.setdefault("worker_cls", WORKER_CLS)
+    spread: dict[str, Any] = {}
+    if placement.executor == "mp" and placement.bundles and cpu:
+        from .replica.stages import spread_stages
+
+        spread, server.stages = spread_stages(placement.world, cfg.env, cfg.cpu_bind, rank)
+    _pin_cpu_threads(cfg, rank, placement.world // spread.get("nnodes", 1) if placement.executor == "mp" else 1)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -67,12 +84,26 @@ def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str
     from .replica.reaper import start_reaper
 
     server.started_at = time.monotonic()
-    args = AsyncEngineArgs(model=model, served_model_name=cfg.name, **{**extra_args, **cfg.engine_args})
+    kwargs = {"model": model, "served_model_name": cfg.name, **{**extra_args, **cfg.engine_args, **spread}}
+    if server.stages:
+        from .replica.stages import start_stages
+
+        start_stages(server.stages, kwargs)
+    args = AsyncEngineArgs(**kwargs)
     server.stats = stats = EngineStats()
     # EngineCore and its workers are killed by the reaper if this replica dies without shutting them down.
     if not hasattr(server, "reaper"):
         server.reaper = start_reaper()
-    server.engine = AsyncLLM.from_engine_args(args, stat_loggers=[lambda _cfg, _idx: stats])
+    loggers = [lambda _cfg, _idx: stats]
+    if placement.executor == "ray":  # vLLM's Ray executor places its workers in this replica's group (as Ray LLM)
+        from ray.util.placement_group import get_current_placement_group
+
+        vllm_config = args.create_engine_config()
+        vllm_config.parallel_config.placement_group = get_current_placement_group()
+        server.engine = AsyncLLM.from_vllm_config(vllm_config, stat_loggers=loggers,
+                                                  disable_log_stats=args.disable_log_stats)
+    else:
+        server.engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
 
 
 class LLMServer:
@@ -106,8 +137,11 @@ class LLMServer:
         self._hub = hub = await asyncio.to_thread(get_hub)
         while True:
             try:
-                if os.environ.get("TIDE_FRONT") == "haproxy" and getattr(self, "http", None) is None:
+                http = getattr(self, "http", None)
+                if os.environ.get("TIDE_FRONT") == "haproxy" and http is None:
                     await self._start_http()
+                elif http is not None and self.engine.errored:
+                    http.gate.refuse()  # the front marks this replica down now, not at its next check
                 self._push(hub, replica)
             except Exception:
                 logger.warning("stats push failed", exc_info=True)
@@ -226,6 +260,13 @@ class LLMServer:
         await self._load_adapters()
         await self._openai_app()  # built before the replica counts as healthy; a bad server_args shows here
         await self.engine.check_health()
+        if self.stages:
+            from .replica.stages import stage_problem
+
+            problem = await stage_problem(self.stages)
+            if problem:
+                logger.error("%s", problem)
+                raise engine_dead()
         now, unfinished = time.time(), self.engine.get_num_unfinished_requests()
         if unfinished == 0:
             self._idle_at = now
@@ -260,6 +301,10 @@ class LLMServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()
+        if getattr(self, "stages", None):
+            from .replica.stages import stop_stages
+
+            stop_stages(self.stages)
 
 
 def model_deployment(cfg: ModelConfig):
@@ -271,7 +316,7 @@ def model_deployment(cfg: ModelConfig):
         "health_check_period_s": r.health_check_period_s,
         "health_check_timeout_s": r.health_check_timeout_s,
         "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
-        "ray_actor_options": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+        **cfg.placement().deployment_options(),
     }
     if r.min == r.max:
         options["num_replicas"] = r.max

@@ -45,6 +45,25 @@ def replica_gone(exc: BaseException) -> bool:
     return False
 
 
+def engine_died(exc: BaseException) -> bool:
+    """True when the replica answered but its engine is dead: the replica stays routable until Serve's health
+    checks replace it (seconds), so a retry must wait for that rather than count as another replica's answer."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TideError):
+            return exc.code == "engine_dead"
+        if type(exc).__name__ == "EngineDeadError":
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return False
+
+
+def retry_wait_s(attempt: int, first_s: float = 0.25, most_s: float = 2.0) -> float:
+    """Pause before retry `attempt` (0-based) of a request whose engine died: doubling, capped."""
+    return min(first_s * 2 ** attempt, most_s)
+
+
 def engine_stuck(now: float, last_progress: float, unfinished: int, stuck_after_s: float) -> bool:
     """An engine with work that has not made a step for `stuck_after_s` is stuck (hung kernel, stopped or
     wedged engine process): its health check fails and Serve replaces the replica."""

@@ -186,7 +186,9 @@ class Ingress(VllmPath):
         counts, hub = await asyncio.gather(asyncio.to_thread(replica_counts, list(self.models)), self._hub_data())
         held = {n: g.held for n, g in self.gates.items()}
         admitted = {n: (g.in_flight, g.limit) for n, g in self.guard.gates.items()}
-        return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time(), admitted), hub
+        shapes = {n: (c.get("workers", 1), c.get("gpus", 0.0)) for n, c in self.cold.items()}
+        return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time(), admitted,
+                            shapes), hub
 
     @app.get("/tide/status")
     async def status(self, request: Request) -> JSONResponse:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from .config import TideConfig
+from .config import ConfigError, TideConfig
 from .loopback import loopback_only
 
 Printer = Callable[[str], None]
@@ -124,8 +124,12 @@ def deploy(cfg: TideConfig, timeout_s: float = 900.0, say: Printer = print) -> s
     direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
     # With direct ingress the ingress replica owns the public port; Serve's proxy moves to a free loopback port.
     proxy_port = free_port(cfg.server.host) if direct else cfg.server.port
+    try:
+        app = build_app(cfg)
+    except ConfigError as e:  # a replica no node can hold
+        raise DeployError(str(e)) from None
     serve.start(http_options={"host": cfg.server.host, "port": proxy_port})
-    serve._run(build_app(cfg), _blocking=False, name=APP_NAME, route_prefix="/")
+    serve._run(app, _blocking=False, name=APP_NAME, route_prefix="/")
     url = f"http://{cfg.server.host}:{cfg.server.port}"
     started = time.monotonic()
     last = ""

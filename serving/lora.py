@@ -128,7 +128,7 @@ def engine_lora_args(opts: LoRAOptions | None, cpu: bool = False) -> dict[str, A
     should be merged over these, so an explicit setting there wins.
 
     `cpu`: the engine runs on vLLM's CPU platform; its worker then gets Tide's fix for base-model requests
-    batched with adapter requests (serving/lora_cpu_fix.py)."""
+    batched with adapter requests (serving/patches/cpu_worker.py)."""
     if opts is None or not opts.adapters:
         return {}
     n = len(opts.adapters)
@@ -140,7 +140,7 @@ def engine_lora_args(opts: LoRAOptions | None, cpu: bool = False) -> dict[str, A
         "max_cpu_loras": max(opts.max_cpu_loras or n, max_loras),
     }
     if cpu:
-        from .lora_cpu_fix import WORKER_CLS
+        from .patches.cpu_worker import WORKER_CLS
 
         args["worker_cls"] = WORKER_CLS
     return args

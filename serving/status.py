@@ -17,9 +17,11 @@ def _deployment(model: str) -> str:
 
 def fleet_status(models: list[str], counts: Mapping[str, tuple[int, int]], hub: Mapping[str, Any],
                  held: Mapping[str, int], expected_start_s: Mapping[str, float], now: float,
-                 admitted: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
-    """Per model: state, desired/running/total replicas, held requests, queue depth, tokens/s, TTFT p50, and
-    from `admitted` (model -> (in flight, limit) at this ingress) the bounded queue's fill."""
+                 admitted: Mapping[str, tuple[int, int]] | None = None,
+                 shapes: Mapping[str, tuple[int, float]] | None = None) -> dict[str, Any]:
+    """Per model: state, desired/running/total replicas, held requests, queue depth, tokens/s, TTFT p50, from
+    `admitted` (model -> (in flight, limit) at this ingress) the bounded queue's fill, and from `shapes`
+    (model -> (vLLM workers, GPUs) per replica) what a replica holds: a parallel replica counts as its group."""
     replicas = hub.get("replicas", {})
     decisions = hub.get("decisions", {})
     out: dict[str, Any] = {}
@@ -36,6 +38,8 @@ def fleet_status(models: list[str], counts: Mapping[str, tuple[int, int]], hub: 
             **({"in_flight": admitted[name][0], "admit_limit": admitted[name][1]}
                if admitted and name in admitted else {}),
             "expected_start_s": round(expected_start_s.get(name, 0.0), 1),
+            **({"workers_per_replica": shapes[name][0], "gpus_per_replica": shapes[name][1],
+                "gpus": running * shapes[name][1]} if shapes and name in shapes else {}),
             **model_status(snaps),
             "last_decision": None if not decision else {k: decision[k] for k in ("action", "reason", "time")},
         }

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .fleet import FleetConfig, simulate
+from .fleet import FleetConfig, placement as fleet_placement, simulate
 from .policies import POLICIES, make_policy
 from .prefix import PrefixWorkload
 from .profile import load_profile
@@ -48,7 +48,10 @@ def run(a: argparse.Namespace) -> int:
         fcfg = FleetConfig(replicas_min=a.replicas_min, replicas_max=a.replicas_max, slo_ttft_s=a.slo_ttft_ms / 1000,
                            slo_tpot_s=a.slo_tpot_ms / 1000, price_per_replica_h=a.price, node_provision_s=a.node_provision_s,
                            replicas_per_node=a.replicas_per_node, mtbf_h=a.mtbf_h, cold_start_s=a.cold_start_s,
+                           gpus_per_replica=a.gpus_per_replica, gpus_per_node=a.gpus_per_node,
+                           price_per_gpu_h=a.price_per_gpu_h,
                            sample_s=a.sample_s or max(trace.duration_s / 400, a.dt), seed=a.seed)
+        gpus, per_node, _ = fleet_placement(fcfg, prof)  # refuses a replica bigger than a node
         prefix = (PrefixWorkload(router=a.router, tenants=a.tenants, prefix_tokens=a.prefix_tokens,
                                  cache_prefixes=a.cache_prefixes, seed=a.seed) if a.router != "none" else None)
         overrides = _kv(a.set or [])
@@ -67,7 +70,8 @@ def run(a: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"trace {trace.name}: {trace.total:,} requests over {trace.duration_s:,.0f}s (tick {a.dt:g}s); "
-          f"profile {prof.name}; replicas {a.replicas_min}..{a.replicas_max}", flush=True)
+          f"profile {prof.name}; replicas {a.replicas_min}..{a.replicas_max} of {gpus} GPU(s), {per_node} per node",
+          flush=True)
     results = []
     for name, pol in policies:
         def progress(f: float, name: str = name) -> None:
@@ -122,6 +126,10 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("--cold-start-s", type=float, help="replica start on a ready node (default: the profile's)")
     c.add_argument("--node-provision-s", type=float, default=0.0, help="time to add a node (default 0)")
     c.add_argument("--replicas-per-node", type=int, default=8, help="replicas per node (default 8)")
+    c.add_argument("--gpus-per-replica", type=int, help="GPUs one replica holds, tensor x pipeline parallel "
+                                                        "(default: the profile's)")
+    c.add_argument("--gpus-per-node", type=int, help="GPUs per node: replicas per node = this // GPUs per replica")
+    c.add_argument("--price-per-gpu-h", type=float, help="$ per GPU-hour (instead of --price per replica-hour)")
     c.add_argument("--mtbf-h", type=float, default=0.0, help="mean hours between replica failures (0: none)")
     c.add_argument("--sample-s", type=float, help="plot sampling period (default: duration / 400)")
     c.add_argument("--seed", type=int, default=0)

@@ -54,7 +54,14 @@ class FleetConfig(BaseModel):
                                                                "(beyond it they are shed); 0 = no cap.")
     cold_start_s: PositiveFloat | None = Field(None, description="Replica start on a ready node (default: "
                                                                  "the profile's).")
-    replicas_per_node: PositiveInt = Field(8, description="Replicas that fit on one node (e.g. 8 GPUs).")
+    replicas_per_node: PositiveInt = Field(8, description="Replicas that fit on one node (e.g. 8 GPUs); "
+                                                          "with gpus_per_node set, gpus_per_node // GPUs per replica.")
+    gpus_per_replica: PositiveInt | None = Field(None, description="GPUs one replica holds (tensor x pipeline "
+                                                                   "parallel); default: the profile's.")
+    gpus_per_node: PositiveInt | None = Field(None, description="GPUs of one node; sets replicas_per_node from "
+                                                                "the GPUs per replica.")
+    price_per_gpu_h: NonNegativeFloat | None = Field(None, description="$ per GPU-hour; when set, a replica-hour "
+                                                                       "costs this x its GPUs.")
     node_provision_s: NonNegativeFloat = Field(0.0, description="Seconds to add a node when none has room.")
     node_idle_timeout_s: NonNegativeFloat = Field(600.0, description="An idle node is released after this.")
     mtbf_h: NonNegativeFloat = Field(0.0, description="Mean hours between failures of one replica; 0 = none.")
@@ -68,6 +75,19 @@ class FleetConfig(BaseModel):
     seed: int = Field(0, description="Seed of failures.")
 
 
+def placement(cfg: FleetConfig, profile: Profile) -> tuple[int, int, float]:
+    """(GPUs per replica, replicas per node, $ per replica-hour): a replica is its whole parallel group."""
+    gpus = cfg.gpus_per_replica or profile.gpus_per_replica
+    if cfg.gpus_per_node is not None:
+        if gpus > cfg.gpus_per_node:
+            raise ValueError(f"a replica of {gpus} GPUs does not fit a node of {cfg.gpus_per_node} (gpus_per_node)")
+        per_node = cfg.gpus_per_node // gpus
+    else:
+        per_node = cfg.replicas_per_node
+    price = cfg.price_per_gpu_h * gpus if cfg.price_per_gpu_h is not None else cfg.price_per_replica_h
+    return gpus, per_node, price
+
+
 class Fleet:
     """Replica arrays plus the handle queue; `tick()` advances one step."""
 
@@ -75,6 +95,7 @@ class Fleet:
         self.cfg, self.prof, self.dt = cfg, profile, dt
         self.prefix = PrefixModel(prefix) if prefix else None
         self.cold_start_s = cfg.cold_start_s or profile.cold_start_s
+        self.gpus, self.per_node, self.price_h = placement(cfg, profile)
         r = cfg.replicas_max
         self.state = np.zeros(r, np.int8)
         self.ready_at = np.zeros(r)
@@ -102,7 +123,7 @@ class Fleet:
             return
         idx = np.flatnonzero(self.state == OFF)[:k]
         base = self.allocated()
-        per = self.cfg.replicas_per_node
+        per = self.per_node
         for j, i in enumerate(idx):  # replica number base+j lives on node (base+j) // per
             node = (base + j) // per
             while node >= len(self.nodes):
@@ -151,7 +172,7 @@ class Fleet:
         self.inflight[:hi][done] = 0.0
         s[done] = OFF
         # nodes: release idle ones after the timeout
-        need = math.ceil(self.allocated() / self.cfg.replicas_per_node)
+        need = math.ceil(self.allocated() / self.per_node)
         if len(self.nodes) > need:
             self.node_idle_since = now if self.node_idle_since is None else self.node_idle_since
             if now - self.node_idle_since >= self.cfg.node_idle_timeout_s:
@@ -303,5 +324,5 @@ def simulate(trace: Trace, profile: Profile, policy: Policy, policy_name: str, c
     ttft.counts += window.counts
     return SimResult(policy_name, trace.name, trace.duration_s, arrived, fleet.completed,
                      fleet.shed, fleet.failed, fleet.queued + float(fleet.inflight.sum()), ttft, tpot, replica_s, node_s, max_running, series,
-                     cfg.slo_ttft_s, cfg.slo_tpot_s, cfg.price_per_replica_h, time.perf_counter() - t0,
-                     cfg.replicas_max, changes, fleet.prefix.hit_rate if fleet.prefix else None)
+                     cfg.slo_ttft_s, cfg.slo_tpot_s, fleet.price_h, time.perf_counter() - t0,
+                     cfg.replicas_max, changes, fleet.prefix.hit_rate if fleet.prefix else None, fleet.gpus)

@@ -33,6 +33,8 @@ class Profile(BaseModel):
     max_num_batched_tokens: PositiveInt = Field(description="Token budget of one engine step (prefill + decode).")
     kv_cache_tokens: PositiveInt = Field(description="KV-cache capacity in tokens.")
     cold_start_s: PositiveFloat = Field(description="Seconds from replica start to serving, on a ready node.")
+    gpus_per_replica: PositiveInt = Field(1, description="GPUs one replica holds: its tensor x pipeline parallel "
+                                                         "workers, reserved and paid for together.")
 
     @model_validator(mode="after")
     def _tables(self) -> "Profile":
@@ -75,34 +77,60 @@ def derive_gpu_profile(
     name: str, hbm_bytes_per_s: float, weight_bytes: float, kv_bytes_per_token: float, flops_per_s: float,
     params: float, memory_bytes: float, context_tokens: float = 1000, bw_efficiency: float = 0.7,
     mfu: float = 0.5, step_overhead_s: float = 0.004, max_num_seqs: int = 256, cold_start_s: float = 90.0,
+    gpus: int = 1, comm_s_per_step: float = 0.0, comm_note: str = "",
 ) -> dict:
-    """A decode-memory-bound / prefill-compute-bound profile, with every assumption in the result."""
+    """A decode-memory-bound / prefill-compute-bound profile, with every assumption in the result.
+
+    `hbm_bytes_per_s`, `flops_per_s` and `memory_bytes` are one GPU's; with `gpus` > 1 (tensor parallel) the
+    weights and KV cache are split over the group, which reads and computes in parallel, and every step pays
+    `comm_s_per_step` of all-reduces on top."""
     batch = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    bw = hbm_bytes_per_s * bw_efficiency
-    tpot = [step_overhead_s + (weight_bytes + b * context_tokens * kv_bytes_per_token) / bw for b in batch]
-    prefill_tps = flops_per_s * mfu / (2 * params)
+    bw = hbm_bytes_per_s * bw_efficiency * gpus
+    tpot = [step_overhead_s + comm_s_per_step + (weight_bytes + b * context_tokens * kv_bytes_per_token) / bw
+            for b in batch]
+    prefill_tps = flops_per_s * gpus * mfu / (2 * params)
     prompt = 512
-    kv_tokens = int((memory_bytes * 0.9 - weight_bytes) / kv_bytes_per_token)
-    return {
+    kv_tokens = int((memory_bytes * gpus * 0.9 - weight_bytes) / kv_bytes_per_token)
+    group = f"{gpus} GPUs, tensor parallel: " if gpus > 1 else ""
+    extra = ([f"tensor parallel over {gpus} GPUs: weights, KV cache, bandwidth and compute split evenly; "
+              f"+{comm_s_per_step * 1000:.1f} ms of all-reduce per step ({comm_note})",
+              f"a replica is the whole group: it starts, stops and is paid for as {gpus} GPUs"] if gpus > 1 else [])
+    out = {
         "name": name,
-        "description": f"Derived, not measured: decode bound by HBM bandwidth ({hbm_bytes_per_s / 1e12:.2f} TB/s), "
+        "description": f"Derived, not measured: {group}decode bound by HBM bandwidth ({hbm_bytes_per_s / 1e12:.2f} "
+                       f"TB/s per GPU), prefill by compute ({flops_per_s / 1e12:.0f} TFLOP/s per GPU)."
+                       if gpus > 1 else
+                       f"Derived, not measured: decode bound by HBM bandwidth ({hbm_bytes_per_s / 1e12:.2f} TB/s), "
                        f"prefill by compute ({flops_per_s / 1e12:.0f} TFLOP/s).",
         "assumptions": [
             f"decode step = {step_overhead_s * 1000:.0f} ms overhead + (weights {weight_bytes / 1e9:.1f} GB + batch x "
             f"{context_tokens:.0f} context tokens x {kv_bytes_per_token / 1024:.0f} KiB KV) / "
             f"({bw_efficiency:.0%} of HBM bandwidth)",
             f"prefill = 2 x {params / 1e9:.1f}e9 FLOP/token at {mfu:.0%} MFU -> {prefill_tps:.0f} tokens/s",
-            f"KV cache = 90% of {memory_bytes / 1e9:.0f} GB minus weights -> {kv_tokens} tokens",
+            f"KV cache = 90% of {memory_bytes * gpus / 1e9:.0f} GB minus weights -> {kv_tokens} tokens",
             f"cold start {cold_start_s:.0f} s (container + weights from local disk), node provisioning separate",
+            *extra,
         ],
         "batch": batch, "tpot_s": tpot,
         "ttft_s": [t + prompt / prefill_tps for t in tpot], "profile_prompt_tokens": prompt,
         "prefill_tokens_per_s": prefill_tps, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": 8192,
         "kv_cache_tokens": kv_tokens, "cold_start_s": cold_start_s,
     }
+    if gpus > 1:
+        out["gpus_per_replica"] = gpus
+    return out
 
 
 def h100_llama3_8b() -> dict:
     """Llama-3-8B bf16 on one H100 SXM (80 GB, 3.35 TB/s, 989 TFLOP/s dense bf16)."""
     kv = 32 * 8 * 128 * 2 * 2  # layers x KV heads x head dim x (K, V) x bf16 bytes = 128 KiB per token
     return derive_gpu_profile("h100-llama3-8b", 3.35e12, 16.06e9, kv, 989e12, 8.03e9, 80e9)
+
+
+def h100_llama3_70b_tp4() -> dict:
+    """Llama-3-70B bf16 on four H100 SXM with tensor parallelism (the 8B row's numbers per GPU)."""
+    kv = 80 * 8 * 128 * 2 * 2  # layers x KV heads x head dim x (K, V) x bf16 bytes = 320 KiB per token
+    # 2 all-reduces per layer (attention, MLP) x 80 layers, about 15 us each over NVLink at decode sizes
+    return derive_gpu_profile("h100-llama3-70b-tp4", 3.35e12, 141.1e9, kv, 989e12, 70.6e9, 80e9,
+                              cold_start_s=180.0, gpus=4, comm_s_per_step=160 * 15e-6,
+                              comm_note="2 per layer x 80 layers at ~15 us each over NVLink")

@@ -17,9 +17,9 @@ def table(results: Sequence[SimResult]) -> str:
     base = results[0].summary()["replica_h"] if results else None
     lines = [
         f"| policy | trace | requests | TTFT <= {results[0].slo_ttft_s:g}s | TPOT <= {results[0].slo_tpot_s * 1000:g}ms "
-        "| TTFT p50 / p99 ms | TPOT p50 / p99 ms | replica-h | vs first | cost $ | shed | failed | max running "
+        "| TTFT p50 / p99 ms | TPOT p50 / p99 ms | replica-h | vs first | GPU-h | cost $ | shed | failed | max running "
         "| target changes | prefix hits | sim wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ] if results else []
     for r in results:
         s = r.summary()
@@ -27,7 +27,8 @@ def table(results: Sequence[SimResult]) -> str:
         lines.append(
             f"| {s['policy']} | {s['trace']} | {s['requests']:,.0f} | {s['ttft_slo_pct']:.1f}% | {s['tpot_slo_pct']:.1f}% "
             f"| {_f(s['ttft_p50_ms'])} / {_f(s['ttft_p99_ms'])} | {_f(s['tpot_p50_ms'], '{:.1f}')} / "
-            f"{_f(s['tpot_p99_ms'], '{:.1f}')} | {s['replica_h']:,.1f} | {ratio} | {s['cost_usd']:,.0f} "
+            f"{_f(s['tpot_p99_ms'], '{:.1f}')} | {s['replica_h']:,.1f} | {ratio} | {s['gpu_h']:,.1f} "
+            f"| {s['cost_usd']:,.0f} "
             f"| {s['shed']:,.0f} | {s['failed']:,.0f} | {s['max_running']} | {s['scale_changes']} "
             f"| {_f(s['prefix_hit_rate'], '{:.0%}')} | {s['wall_s']:.1f} |")
     return "\n".join(lines)

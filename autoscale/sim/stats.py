@@ -87,6 +87,7 @@ class SimResult:
     replicas_max: int = 0
     scale_changes: int = 0  # ticks on which the policy changed the target
     prefix_hit_rate: float | None = None  # share of routed requests that found their prefix cached
+    gpus_per_replica: int = 1  # a replica is its whole tensor/pipeline parallel group
 
     def summary(self) -> dict[str, float | str | None]:
         def ms(x: float | None) -> float | None:
@@ -101,7 +102,8 @@ class SimResult:
             "tpot_slo_pct": 100 * self.tpot.share_at_most(self.slo_tpot_s) / denom,
             "ttft_p50_ms": ms(self.ttft.percentile(50)), "ttft_p99_ms": ms(self.ttft.percentile(99)),
             "tpot_p50_ms": ms(self.tpot.percentile(50)), "tpot_p99_ms": ms(self.tpot.percentile(99)),
-            "replica_h": self.replica_s / 3600, "node_h": self.node_s / 3600, "max_running": self.max_running,
+            "replica_h": self.replica_s / 3600, "gpu_h": self.replica_s / 3600 * self.gpus_per_replica,
+            "node_h": self.node_s / 3600, "max_running": self.max_running,
             "scale_changes": self.scale_changes, "prefix_hit_rate": self.prefix_hit_rate,
             "cost_usd": self.replica_s / 3600 * self.price_per_replica_h, "wall_s": self.wall_s,
         }

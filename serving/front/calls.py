@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from fastapi import Request
 
 from ..errors import TideError
-from ..faults import replica_gone
+from ..faults import engine_died, replica_gone, retry_wait_s
 
 logger = logging.getLogger("tide.ingress")
 T = TypeVar("T")
@@ -60,18 +60,25 @@ async def collect(gen: Any, request: Request, deadline_s: float,
 
 async def _retried(once: Callable[[float], Awaitable[T]], deadline_s: float, retries: int,
                    on_retry: Callable[[BaseException], None]) -> T:
-    """`once(seconds_left)` again while its replica died before answering and the deadline allows."""
+    """`once(seconds_left)` again while its replica died before answering and the deadline allows: up to
+    `retries` times for a replica that went away, and for a replica whose engine died (Serve still routes to it
+    until its health checks fail, then holds the request for the replacement) until the deadline, waiting
+    longer each time."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
-    for attempt in range(retries + 1):
+    attempt = waits = 0
+    while True:
         try:
             return await once(max(end - loop.time(), 0.001))
         except Exception as e:
-            if attempt < retries and replica_gone(e) and loop.time() < end:
-                on_retry(e)
-                continue
-            raise
-    raise AssertionError("unreachable")
+            dead = engine_died(e)
+            if not (replica_gone(e) and loop.time() < end and (attempt < retries or dead)):
+                raise
+            on_retry(e)
+            attempt += 1
+            if dead:
+                await asyncio.sleep(min(retry_wait_s(waits), max(end - loop.time(), 0.0)))
+                waits += 1
 
 
 async def call_whole(start: Callable[[], Any], request: Request, deadline_s: float, retries: int,

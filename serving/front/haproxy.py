@@ -136,7 +136,9 @@ def render(spec: FrontSpec, folder: Path) -> str:
         "    timeout http-keep-alive 60s",
         "    retries 3",
         "    option redispatch 1",  # a retry goes to another replica
-        "    retry-on conn-failure empty-response junk-response",  # a replica gone before any byte answered
+        # a replica gone before any byte answered; 503: its engine died (it also closed its listener, so the
+        # retry finds it refused and marked down, and goes on to another replica or the ingress) or it is full
+        "    retry-on conn-failure empty-response junk-response 503",
         errors,
         "",
         "frontend tide",

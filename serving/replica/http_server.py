@@ -62,6 +62,7 @@ class ReplicaGate:
 
     def __init__(self, server: Any):
         self.server = server
+        self.refused = False
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -91,6 +92,17 @@ class ReplicaGate:
             if self.in_flight == 0:
                 self.idle.set()
 
+    def refuse(self) -> None:
+        """This replica's engine is dead: stop accepting connections, so the front marks it down at the next
+        connection attempt (layer-4 observe) and sends that request elsewhere; open connections finish."""
+        if self.refused:
+            return
+        self.refused = True
+        http = getattr(self.server, "http", None)
+        for listener in getattr(getattr(http, "uvicorn", None), "servers", None) or []:
+            listener.close()
+        logger.warning("engine dead: replica HTTP server stopped accepting")
+
     async def _serve(self, kind: str, scope: dict[str, Any], receive: Any, send: Any,
                      name: list[tuple[bytes, bytes]]) -> None:
         from starlette.requests import Request
@@ -108,6 +120,7 @@ class ReplicaGate:
         server._ensure_pusher()
         app = await server._openai_app()
         if server.engine.errored:
+            self.refuse()
             raise engine_dead()
         await server._load_adapters()
         await self._run(app, scope, body, data, receive, send, name, left, data.get("stream") is True)
@@ -151,6 +164,9 @@ class ReplicaGate:
                 state["held"] += msg.get("body", b"")
                 if not more:
                     state["finished"] = True
+                    if self.server.engine.errored:  # died under this request, before any byte left: the front
+                        self.refuse()               # retries it elsewhere (retry-on 503, this listener closed)
+                        state["status"], state["held"] = 503, json.dumps(engine_dead().body()).encode()
                     fixed = openai_error_bytes(state["status"], state["held"], scope["path"], data)
                     state["started"] = True
                     await send({"type": "http.response.start", "status": state["status"],

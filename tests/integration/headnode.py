@@ -31,6 +31,48 @@ class Head:
     http_port: int
     tmp: Path  # holds Ray's temp dir (its logs are under tmp/ray)
     pid: int = 0  # the `ray start --block` process: this head's Ray processes are its descendants
+    env: dict[str, str] | None = None  # the environment its Ray was started with
+
+
+# `ray start` for a second node on this host's loopback. A loopback-only head (serving/loopback.py) makes Ray's
+# CLI refuse to join another node, and allowing it makes Ray swap 127.0.0.1 for the routable address; so the
+# CLI's one check is lifted in this process only, 127.0.0.1 is kept, and the node's processes stay loopback-only.
+_JOIN = ("import sys; import ray._private.ray_constants as c, ray._private.services as s; "
+         "c.ENABLE_RAY_CLUSTER = True; s.resolve_ip_for_localhost = lambda host: host; "
+         "from ray.scripts.scripts import main; sys.argv = ['ray', 'start'] + sys.argv[1:]; main()")
+
+
+@contextmanager
+def ray_node(head: Head, num_cpus: int) -> Iterator[int]:
+    """A second Ray node (its own raylet and resources) on this machine, joined to `head`; yields its PID."""
+    env = {**(head.env or os.environ), **LOOPBACK_ENV}
+    if (Path.home() / ".ray" / "auth_token").is_file():  # the head made one: Ray 2.60 heads use token auth
+        env["RAY_AUTH_MODE"] = "token"
+    log = open(head.tmp / "node.log", "w")  # kept with the head's logs (TIDE_KEEP_TEST_TMP=1)
+    node = subprocess.Popen(
+        [sys.executable, "-c", _JOIN, "--block", f"--address={head.address}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={num_cpus}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait = ("import ray, time; ray.init(address=%r, logging_level='ERROR'); t = time.monotonic()\n"
+                "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.monotonic() - t < 60: time.sleep(0.5)\n"
+                "assert sum(n['Alive'] for n in ray.nodes()) >= 2, 'the second node did not join'") % head.address
+        done = subprocess.run([sys.executable, "-c", wait], timeout=120, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield node.pid
+    finally:
+        _stop(node)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a `ray start --block` (it stops every process it started); SIGKILL its group after a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def tide(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -79,7 +121,7 @@ def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def ray_head(data: dict[str, Any] | None = None) -> Iterator[Head]:
+def ray_head(data: dict[str, Any] | None = None, num_cpus: int = 2) -> Iterator[Head]:
     """Start a head for the config `data` (default: tiny.yaml on a free port); stop it, by PID, on exit."""
     from serving.config import load_config
 
@@ -93,23 +135,18 @@ def ray_head(data: dict[str, Any] | None = None) -> Iterator[Head]:
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--port={gcs_port}", f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
          f"--temp-dir={tmp / 'ray'}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{gcs_port}"
     try:
         wait_port(gcs_port, 60)
-        yield Head(address, models, int(data["server"]["port"]), tmp, head.pid)
+        yield Head(address, models, int(data["server"]["port"]), tmp, head.pid, env)
     finally:
         # Stop the engines cleanly, then this head (its SIGTERM handler stops every process it started).
         subprocess.run([sys.executable, "-c", "from ray import serve; from serving.sdk import connect; "
                         f"connect({address!r}); serve.shutdown()"],
                        capture_output=True, timeout=120)
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        _stop(head)
         if not os.environ.get("TIDE_KEEP_TEST_TMP"):  # keep Ray's logs to debug a failure
             shutil.rmtree(tmp, ignore_errors=True)

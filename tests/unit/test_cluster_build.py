@@ -109,3 +109,33 @@ def test_tide_build_cli_writes_the_file_and_rejects_bad_configs(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "models.0.replicas: max (2) must be >= min (3)" in r.stderr
+
+
+def test_a_tensor_parallel_model_sizes_the_kuberay_gpu_pod_and_is_named_in_the_serve_config():
+    from serving.config import parse_config
+
+    cfg = parse_config({"models": [
+        {"name": "big", "model": "meta-llama/Llama-3.1-70B-Instruct",
+         "engine_args": {"tensor_parallel_size": 4}, "replicas": {"num_gpus": 4}},
+        {"name": "small", "model": "x", "replicas": {"num_gpus": 1}}]})
+    pod = kuberay_service(cfg, "img:1")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    res = pod["template"]["spec"]["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "4" and res["requests"]["cpu"] == "32"
+    text = serve_config_yaml(cfg, "m.yaml")
+    assert "# big: tensor_parallel_size 4 x pipeline_parallel_size 1 -> each replica reserves a placement group " \
+           "of 4 bundle(s)" in text and "STRICT_PACK, vLLM executor `ray`" in text
+    assert "# small:" not in text
+
+
+def test_model_deployment_reserves_the_placement_group():
+    from serving.config import parse_config
+    from serving.engine import model_deployment
+
+    m = parse_config({"models": [{"name": "big", "model": "x", "engine_args": {"tensor_parallel_size": 2},
+                                  "replicas": {"num_cpus": 0.5, "worker_num_cpus": 1}}]}).models[0]
+    dep = model_deployment(m)
+    assert dep._replica_config.placement_group_bundles == [{"CPU": 1.5}, {"CPU": 1.0}]
+    assert dep._replica_config.placement_group_strategy == "STRICT_PACK"
+    assert dep.ray_actor_options["num_cpus"] == 0.5
+    one = parse_config({"models": [{"name": "one", "model": "x"}]}).models[0]
+    assert model_deployment(one)._replica_config.placement_group_bundles is None

@@ -39,6 +39,28 @@ def test_cloud_yamls_have_a_cpu_head_and_gpu_pools_from_zero(path):
     assert raw["provider"]["cache_stopped_nodes"] is False  # released GPU nodes are terminated
 
 
+@pytest.mark.parametrize("path", [p for p in YAMLS if p.name != "local.yaml"], ids=lambda p: p.name)
+def test_cloud_node_types_state_their_size_so_deploy_can_refuse_what_no_node_holds(path):
+    from serving.app import check_placements
+    from serving.config import ConfigError, parse_config
+
+    types = load_cluster_yaml(path)["available_node_types"]
+    shapes = [t["resources"] for t in types.values()]
+    assert all(s.get("CPU") for s in shapes) and max(s.get("GPU", 0) for s in shapes) == 8  # an 8-GPU type
+    fits = parse_config({"models": [{"name": "llama-70b", "model": "x", "engine_args": {"tensor_parallel_size": 8},
+                                     "replicas": {"num_gpus": 8}}]})
+    check_placements(fits, shapes)
+    too_big = parse_config({"models": [{"name": "llama-405b", "model": "x",
+                                        "engine_args": {"tensor_parallel_size": 16}, "replicas": {"num_gpus": 16}}]})
+    with pytest.raises(ConfigError, match=r"models\.0\.engine_args \(llama-405b\): tensor_parallel_size 16 .*the "
+                                          r"largest has \d+ CPUs and 8 GPUs"):
+        check_placements(too_big, shapes)
+    # The same model in pipeline stages of 8 GPUs each spreads over two 8-GPU nodes: accepted.
+    staged = parse_config({"models": [{"name": "llama-405b", "model": "x", "replicas": {"num_gpus": 16},
+                                       "engine_args": {"tensor_parallel_size": 8, "pipeline_parallel_size": 2}}]})
+    check_placements(staged, shapes)
+
+
 def test_local_yaml_stays_on_loopback():
     raw = load_cluster_yaml(CLUSTER / "local.yaml")
     assert raw["provider"]["head_ip"] == "127.0.0.1"

@@ -97,7 +97,7 @@ def test_engine_args():
                                       "max_cpu_loras": 6}
     sized = LoRAOptions(adapters={"a": "/a"}, max_loras=3)
     assert engine_lora_args(sized)["max_cpu_loras"] == 3  # vLLM requires max_cpu_loras >= max_loras
-    assert engine_lora_args(two, cpu=True)["worker_cls"] == "serving.lora_cpu_fix.TideCPUWorker"
+    assert engine_lora_args(two, cpu=True)["worker_cls"] == "serving.patches.cpu_worker.TideCPUWorker"
     assert "worker_cls" not in engine_lora_args(two, cpu=False)
 
 
@@ -218,7 +218,7 @@ def _reference(x, A, B, idx, scale):
 def test_cpu_fix_skips_no_lora_tokens():
     torch = pytest.importorskip("torch")
     ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
-    from serving.lora_cpu_fix import skip_no_lora_expand, skip_no_lora_shrink
+    from serving.patches.cpu_worker import skip_no_lora_expand, skip_no_lora_shrink
 
     g = torch.Generator().manual_seed(0)
     T, H, R, S, O = 6, 16, 4, 2, 12
@@ -244,7 +244,7 @@ def test_cpu_fix_slice_and_patching():
     ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
     import types
 
-    from serving.lora_cpu_fix import patch_modules, skip_no_lora_expand
+    from serving.patches.cpu_worker import patch_modules, skip_no_lora_expand
 
     g = torch.Generator().manual_seed(1)
     y, B = torch.randn(3, 4, generator=g), torch.randn(2, 1, 5, 4, generator=g)
@@ -263,11 +263,11 @@ def test_pure_modules_do_not_import_vllm():
     import subprocess
     import sys
 
-    code = ("import sys, serving.lora, serving.lora_cpu_fix as f; assert f.WORKER_CLS.endswith('TideCPUWorker'); "
+    code = ("import sys, serving.lora, serving.patches.cpu_worker as f; assert f.WORKER_CLS.endswith('TideCPUWorker'); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('vllm', 'ray', 'torch')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
-    import serving.lora_cpu_fix as f
+    import serving.patches.cpu_worker as f
 
     with pytest.raises(AttributeError):
         f.NotAThing  # noqa: B018

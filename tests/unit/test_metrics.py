@@ -119,3 +119,12 @@ def test_fleet_status_shows_the_bounded_queue_fill_only_where_the_ingress_knows_
     st = fleet_status(["a", "b"], {"a": (1, 1), "b": (1, 1)}, {}, {}, {}, now=0.0, admitted={"a": (3, 66)})
     assert st["models"]["a"]["in_flight"] == 3 and st["models"]["a"]["admit_limit"] == 66
     assert "in_flight" not in st["models"]["b"]
+
+
+def test_fleet_status_counts_a_parallel_replica_as_its_group():
+    st = fleet_status(["big", "small"], {"big": (2, 3), "small": (1, 1)}, {}, {}, {}, now=0.0,
+                      shapes={"big": (4, 4.0), "small": (1, 0.0)})
+    big = st["models"]["big"]
+    assert (big["workers_per_replica"], big["gpus_per_replica"], big["gpus"]) == (4, 4.0, 8.0)  # running x group
+    assert st["models"]["small"]["gpus"] == 0.0
+    assert "gpus" not in fleet_status(["a"], {"a": (1, 1)}, {}, {}, {}, now=0.0)["models"]["a"]

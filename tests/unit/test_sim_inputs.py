@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from autoscale.sim import cli
-from autoscale.sim.profile import Profile, derive_gpu_profile, h100_llama3_8b, load_profile
+from autoscale.sim.profile import Profile, derive_gpu_profile, h100_llama3_8b, h100_llama3_70b_tp4, load_profile
 from autoscale.sim.stats import Histogram
 from autoscale.sim.traces import TraceConfig, TraceError, builtin_trace, load_trace, rate_curve, read_csv_trace
 
@@ -134,6 +134,8 @@ def test_cli_prints_a_table_and_writes_the_plot(tmp_path, capsys):
     (["poisson", "--set", "smoothing=7"], "smoothing"),
     (["poisson", "--set", "nokey"], "expected KEY=VALUE"),
     (["poisson", "--profile", "tpu"], "profile 'tpu' not found"),
+    (["poisson", "--profile", "h100-llama3-70b-tp4", "--gpus-per-node", "2"],
+     "a replica of 4 GPUs does not fit a node of 2 (gpus_per_node)"),
 ])
 def test_cli_bad_input_is_one_clear_message(tmp_path, capsys, args, msg):
     csv = tmp_path / "t.csv"
@@ -150,3 +152,37 @@ def test_cli_registers_simulate_on_a_parent_parser():
     cli.add_parser(p.add_subparsers(dest="cmd"))
     a = p.parse_args(["simulate", "diurnal", "--policy", "tide", "--replicas-max", "3"])
     assert a.fn is cli.run and a.policy == ["tide"] and a.replicas_max == 3 and math.isclose(a.dt, 1.0)
+
+
+def test_tensor_parallel_profile_is_its_derivation_and_a_replica_is_its_group():
+    big = load_profile("h100-llama3-70b-tp4")
+    assert json.loads((load_profile.__globals__["PROFILES_DIR"] / "h100-llama3-70b-tp4.json").read_text()) == \
+        json.loads(json.dumps(h100_llama3_70b_tp4()))
+    assert big.gpus_per_replica == 4 and load_profile("h100-llama3-8b").gpus_per_replica == 1
+    # 4 GPUs' bandwidth over 141 GB of weights, plus the all-reduces: slower per token than the 8B on one GPU
+    assert big.tpot(1) == pytest.approx(0.004 + 0.0024 + (141.1e9 + 1000 * 327680) / (4 * 3.35e12 * 0.7), rel=1e-6)
+    assert big.tpot(1) > load_profile("h100-llama3-8b").tpot(1)
+    assert big.kv_cache_tokens == pytest.approx((0.9 * 320e9 - 141.1e9) / 327680, rel=1e-3)
+    assert any("all-reduce" in a for a in big.assumptions)
+
+
+def test_fleet_placement_counts_gpus_per_replica_per_node_and_price():
+    from autoscale.sim.fleet import FleetConfig, placement
+
+    big, small = load_profile("h100-llama3-70b-tp4"), load_profile("h100-llama3-8b")
+    assert placement(FleetConfig(gpus_per_node=8, price_per_gpu_h=2.5), big) == (4, 2, 10.0)
+    assert placement(FleetConfig(gpus_per_node=8, price_per_gpu_h=2.5), small) == (1, 8, 2.5)
+    assert placement(FleetConfig(), small) == (1, 8, 2.5)  # the old fields, unchanged
+    assert placement(FleetConfig(gpus_per_replica=2, replicas_per_node=3), small) == (2, 3, 2.5)
+    with pytest.raises(ValueError, match="does not fit a node of 2"):
+        placement(FleetConfig(gpus_per_node=2), big)
+
+
+def test_cli_reports_gpu_hours_of_a_tensor_parallel_fleet(tmp_path, capsys):
+    rc = cli.main(["poisson", "--profile", "h100-llama3-70b-tp4", "--policy", "tide", "--replicas-max", "4",
+                   "--users", "200", "--duration-s", "600", "--gpus-per-node", "8", "--price-per-gpu-h", "2",
+                   "--png", "", "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "of 4 GPU(s), 2 per node" in out and "| GPU-h |" in out
+    row = json.loads((tmp_path / "s.json").read_text())[0]
+    assert row["gpu_h"] == pytest.approx(4 * row["replica_h"]) and row["cost_usd"] == pytest.approx(2 * row["gpu_h"])

