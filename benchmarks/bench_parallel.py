@@ -80,8 +80,10 @@ def main() -> None:
              "| start vs TP 1 |", "|---|---|---|---|---|---|---|"]
     for name, rs in runs.items():
         st, tk = statistics.median(x["start_s"] for x in rs), statistics.median(x["tok_s"] for x in rs)
-        lines.append(f"| {name} | {st:.1f} | {'/'.join(f'{x['start_s']:.0f}' for x in rs)} | {tk:,.0f} "
-                     f"| {'/'.join(f'{x['tok_s']:.0f}' for x in rs)} | {tk / base_tok:.2f}x | {st / base_start:.2f}x |")
+        starts = "/".join(f"{x['start_s']:.0f}" for x in rs)
+        toks = "/".join(f"{x['tok_s']:.0f}" for x in rs)
+        lines.append(f"| {name} | {st:.1f} | {starts} | {tk:,.0f} | {toks} | {tk / base_tok:.2f}x "
+                     f"| {st / base_start:.2f}x |")
     text = "\n".join(lines)
     print(text)
     OUT.mkdir(parents=True, exist_ok=True)
