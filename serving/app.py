@@ -46,6 +46,12 @@ def check_placements(cfg: TideConfig, nodes: list[dict[str, float]] | None) -> N
         raise ConfigError("\n".join(["invalid config for this cluster", *(f"  {p}" for p in problems)]))
 
 
+def _group(m: Any) -> dict[str, Any]:
+    """What one replica of `m` holds, for the status page: its vLLM workers and GPUs."""
+    p = m.placement()
+    return {"workers": p.world, "gpus": p.gpus}
+
+
 def build_app(cfg: TideConfig) -> Application:
     check_placements(cfg, node_shapes())
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
@@ -68,7 +74,7 @@ def build_app(cfg: TideConfig) -> Application:
         options["max_surge_percent"] = 100
     cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
                      "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
-                     "max_replicas": m.replicas.max, "workers": m.placement().world, "gpus": m.placement().gpus,
+                     "max_replicas": m.replicas.max, **_group(m),
                      "admission": m.admission.model_dump(), "task": m.task,
                      "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.

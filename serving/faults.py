@@ -32,30 +32,33 @@ def request_deadline_s(header: str | None, server_max_s: float) -> float:
     return min(value, server_max_s)
 
 
-def replica_gone(exc: BaseException) -> bool:
-    """True when the error says the replica or its engine died (retry elsewhere), False otherwise."""
+def _chain(exc: BaseException | None):
+    """`exc` and what caused it (Ray's `cause`, then `__cause__`), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if type(exc).__name__ in _REPLICA_GONE:
-            return True
-        if isinstance(exc, TideError):
-            return exc.code == "engine_dead"
+        yield exc
         exc = getattr(exc, "cause", None) or exc.__cause__
+
+
+def replica_gone(exc: BaseException) -> bool:
+    """True when the error says the replica or its engine died (retry elsewhere), False otherwise."""
+    for e in _chain(exc):
+        if type(e).__name__ in _REPLICA_GONE:
+            return True
+        if isinstance(e, TideError):
+            return e.code == "engine_dead"
     return False
 
 
 def engine_died(exc: BaseException) -> bool:
     """True when the replica answered but its engine is dead: the replica stays routable until Serve's health
     checks replace it (seconds), so a retry must wait for that rather than count as another replica's answer."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, TideError):
-            return exc.code == "engine_dead"
-        if type(exc).__name__ == "EngineDeadError":
+    for e in _chain(exc):
+        if isinstance(e, TideError):
+            return e.code == "engine_dead"
+        if type(e).__name__ == "EngineDeadError":
             return True
-        exc = getattr(exc, "cause", None) or exc.__cause__
     return False
 
 
