@@ -152,6 +152,30 @@ def ssh_problem(hosts: list[str], port: int = 22, timeout_s: float = 2.0) -> str
     return None
 
 
+def ssh_login_problem(host: str, auth: dict[str, Any], timeout_s: float = 20.0) -> str | None:
+    """Log in once as `ray up` will (the YAML's user, key and proxy command; no password prompt), so a key the
+    host does not accept is one line here rather than a hang or a retry loop inside `ray up`."""
+    user = auth.get("ssh_user", "")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
+            "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={int(timeout_s)}"]
+    if auth.get("ssh_private_key"):
+        argv += ["-i", os.path.expanduser(auth["ssh_private_key"])]
+    if auth.get("ssh_proxy_command"):
+        argv += ["-o", f"ProxyCommand={auth['ssh_proxy_command']}"]
+    try:
+        out = subprocess.run([*argv, f"{user}@{host}", "true"], capture_output=True, text=True, timeout=timeout_s + 5)
+    except FileNotFoundError:
+        return "Ray's local provider needs the ssh client: install openssh-client"
+    except subprocess.TimeoutExpired:
+        return f"ssh {user}@{host} did not answer within {timeout_s:.0f}s"
+    if out.returncode != 0:
+        last = next((line for line in reversed(out.stderr.splitlines()) if line.strip()), "no output")
+        key = auth.get("ssh_private_key") or "the default keys"
+        return (f"cannot log in to {user}@{host} over SSH with {key} (auth.ssh_user, auth.ssh_private_key): "
+                f"{last.strip()[:200]}")
+    return None
+
+
 def credential_problem(cluster: dict[str, Any]) -> str | None:
     """Why a launch of this cluster cannot work from here, or None. Checked before any `ray up`."""
     provider = cluster.get("provider") or {}
@@ -161,7 +185,13 @@ def credential_problem(cluster: dict[str, Any]) -> str | None:
     if kind == "gcp":
         return gcp_problem()
     if kind == "local":
-        return ssh_problem([provider.get("head_ip", "127.0.0.1"), *provider.get("worker_ips", [])])
+        hosts = [provider.get("head_ip", "127.0.0.1"), *provider.get("worker_ips", [])]
+        auth = cluster.get("auth") or {}
+        if not auth.get("ssh_proxy_command"):  # with a proxy command, port 22 of the host is not what ssh dials
+            problem = ssh_problem(hosts)
+            if problem:
+                return problem
+        return next((p for p in (ssh_login_problem(h, auth) for h in hosts) if p), None)
     return None
 
 

@@ -49,6 +49,12 @@ class ReplicaConfig(_Strict):
         "nodes. `auto`: STRICT_PACK (one node) when pipeline_parallel_size is 1, else PACK (fill a node, then the "
         "next). Ray's placement group strategies.",
     )
+    resources: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="Custom Ray resources each replica needs, to put a model on a node "
+        "pool: e.g. {\"accelerator_type:L4\": 0.001} or a resource your node types declare ({\"tide_pool_a\": 1}). "
+        "With tensor/pipeline parallelism each worker's bundle asks for them. Ray's cluster autoscaler adds a "
+        "node of a type that has them when none is free. CPUs and GPUs go in num_cpus / num_gpus.",
+    )
     max_ongoing_requests: PositiveInt = Field(
         256, description="Requests Serve sends one replica at once; vLLM batches them, so keep it high."
     )
@@ -80,6 +86,10 @@ class ReplicaConfig(_Strict):
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
         if self.initial is not None and not self.min <= self.initial <= self.max:
             raise ValueError(f"initial ({self.initial}) must lie within min ({self.min}) and max ({self.max})")
+        for name in self.resources:
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or not name.strip():
+                raise ValueError(f"resources: {name!r} is not a custom resource (set num_cpus / num_gpus for "
+                                 f"CPUs and GPUs)")
         return self
 
     @property
@@ -197,7 +207,8 @@ class ModelConfig(_Strict):
         from .placement import plan_placement
 
         r = self.replicas
-        return plan_placement(self.engine_args, r.num_cpus, r.num_gpus, r.worker_num_cpus, r.placement_strategy)
+        return plan_placement(self.engine_args, r.num_cpus, r.num_gpus, r.worker_num_cpus, r.placement_strategy,
+                              r.resources)
 
     def hf_config(self) -> dict[str, Any] | None:
         """The model's config.json when it is on this machine (a local folder, or the Hugging Face cache)."""

