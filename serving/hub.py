@@ -65,12 +65,20 @@ class StatsHub:
 _hub: Any = None
 
 
+def on_head() -> dict[str, Any]:
+    """Actor options that place a cluster-wide helper actor on the head node, as Serve pins its controller.
+
+    Why: whoever asks first creates these actors, often a model replica on a GPU node; an actor left there keeps
+    that node busy, so Ray's autoscaler never releases it after the model scales to zero."""
+    return {"resources": {"node:__internal_head__": 0.001}}  # Ray's head marker; Ray Train pins its state actor so
+
+
 def get_hub() -> Any:
     """The hub's handle, creating the actor if nobody has yet. Blocking: call it off the event loop."""
     global _hub
     if _hub is None:
         _hub = StatsHub.options(name=HUB_NAME, namespace=HUB_NAMESPACE, lifetime="detached",
-                                get_if_exists=True).remote()
+                                get_if_exists=True, **on_head()).remote()
     return _hub
 
 

@@ -3,6 +3,7 @@ with Tide's Serve settings), separate from the test session's cluster, stopped b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -120,9 +121,35 @@ def tiny_config(http_port: int, **model: Any) -> dict[str, Any]:
     return data
 
 
+FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # ray.autoscaler._private.fake_multi_node.node_provider's head id
+
+
+def fake_autoscaler_config(gcs_address: str, head_cpus: int, node_types: dict[str, Any],
+                           idle_timeout_minutes: float) -> dict[str, Any]:
+    """A cluster config for Ray's fake multi-node provider: Ray's real autoscaler, whose "nodes" are raylets it
+    starts on this machine (as Ray's own AutoscalingCluster test harness sets it up)."""
+    return {
+        "cluster_name": "tide-fake", "max_workers": sum(t.get("max_workers", 0) for t in node_types.values()),
+        "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_minutes,
+        # No SSH and no setup on fake nodes; nodes are told apart by id, since all of them are 127.0.0.1.
+        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "use_node_id_as_ip": True},
+        "auth": {"ssh_user": "unused"}, "head_node_type": "ray.head.default",
+        "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {},
+                                                      "max_workers": 0}, **node_types},
+        **{k: [] for k in ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
+                           "setup_commands", "head_setup_commands", "worker_setup_commands",
+                           "head_start_ray_commands", "worker_start_ray_commands")},
+        "file_mounts": {}, "file_mounts_sync_continuously": False,
+    }
+
+
 @contextmanager
-def ray_head(data: dict[str, Any] | None = None, num_cpus: int = 2) -> Iterator[Head]:
-    """Start a head for the config `data` (default: tiny.yaml on a free port); stop it, by PID, on exit."""
+def ray_head(data: dict[str, Any] | None = None, num_cpus: int = 2,
+             node_types: dict[str, Any] | None = None, idle_timeout_minutes: float = 0.1) -> Iterator[Head]:
+    """Start a head for the config `data` (default: tiny.yaml on a free port); stop it, by PID, on exit.
+    With `node_types`, Ray's autoscaler runs on it with the fake multi-node provider and adds and removes nodes
+    of those types (local raylets, children of the head's monitor, stopped with it)."""
     from serving.config import load_config
 
     gcs_port = free_port()
@@ -133,11 +160,18 @@ def ray_head(data: dict[str, Any] | None = None, num_cpus: int = 2) -> Iterator[
     # As cluster/local.yaml's head starts Ray: Tide's Serve settings plus no port quarantine.
     env = {**os.environ, **serve_env(load_config(models)), **LOOPBACK_ENV, "RAY_SERVE_PORT_QUARANTINE_S": "0",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-    head = subprocess.Popen(
-        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={gcs_port}", f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={tmp / 'ray'}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    argv = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}", f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
+            f"--temp-dir={tmp / 'ray'}"]
+    if node_types:
+        autoscaler = tmp / "autoscaler.json"
+        autoscaler.write_text(json.dumps(fake_autoscaler_config(f"127.0.0.1:{gcs_port}", num_cpus, node_types,
+                                                                idle_timeout_minutes)))
+        argv.append(f"--autoscaling-config={autoscaler}")
+        env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                    "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
+    head = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     address = f"127.0.0.1:{gcs_port}"
     try:
         wait_port(gcs_port, 60)
@@ -148,5 +182,10 @@ def ray_head(data: dict[str, Any] | None = None, num_cpus: int = 2) -> Iterator[
                         f"connect({address!r}); serve.shutdown()"],
                        capture_output=True, timeout=120)
         _stop(head)
+        if node_types:  # the fake nodes' raylets are the monitor's children, in the head's process group
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if not os.environ.get("TIDE_KEEP_TEST_TMP"):  # keep Ray's logs to debug a failure
             shutil.rmtree(tmp, ignore_errors=True)
