@@ -6,6 +6,7 @@ p50/p99, failed requests and time from burst start to the second replica serving
 and replicas over time.
 
     python benchmarks/bench_autoscale.py            # ~15 min on 2 cores
+    python benchmarks/bench_autoscale.py --rounds 2 # each policy twice, the order rotated each round
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ async def run_trace(url: str, trace: list[tuple[str, float, int]]) -> dict:
     return {"samples": samples, "requests": requests}
 
 
-DOWNSCALE_DELAY_S = {"tide": 60.0, "serve-default": 600.0, "serve-llm": 300.0}  # each policy's own setting
+DOWNSCALE_DELAY_S = {"tide": 30.0, "serve-default": 600.0, "serve-llm": 300.0}  # each policy's own setting
 
 
 def summarize(name: str, data: dict, burst_at: float) -> dict:
@@ -103,7 +104,7 @@ def summarize(name: str, data: dict, burst_at: float) -> dict:
     # Replicas still up when the trace ends stay until the policy's downscale delay runs out: charge them.
     last_load = max((x["t"] for x in s if x["load"] > 0), default=0.0)
     extra = max((s[-1]["running"] or 1) - 1, 0) if s else 0
-    tail = extra * max(DOWNSCALE_DELAY_S[name] - (s[-1]["t"] - last_load), 0.0) if s else 0.0
+    tail = extra * max(DOWNSCALE_DELAY_S[name.split(" #")[0]] - (s[-1]["t"] - last_load), 0.0) if s else 0.0
     ttfts = [r["ttft"] for r in reqs if r["ttft"] is not None]
     second = next((x["t"] for x in s if (x["running"] or 0) >= 2 and x["t"] >= burst_at), None)
     return {"policy": name, "replica_s": rs, "replica_s_until_min": rs + tail, "requests": len(reqs), "failed": sum(not r["ok"] for r in reqs),
@@ -146,33 +147,47 @@ async def main_async(a: argparse.Namespace) -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="tide-autoscale-"))
     results = {}
-    for name in a.policies:
-        port = free_port()
-        cfg = {"server": {"host": "127.0.0.1", "port": port},
-               "models": [{"name": "tiny", "model": str(MODEL), "engine_args": ENGINE,
-                           "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-                           "replicas": {"min": 1, "max": 2, "num_cpus": 0.5}, **POLICIES[name]}]}
-        path = tmp / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        srv = Server(name, [str(Path(sys.executable).parent / "tide"), "serve", str(path)], port)
-        print(f"{name}: starting", flush=True)
-        srv.start(tmp)
-        try:
-            await wait_ready(srv)
-            results[name] = await run_trace(srv.url, trace)
-        finally:
-            srv.stop()
-        print(f"  {summarize(name, results[name], trace[0][1])}", flush=True)
+    for rnd in range(a.rounds):
+        order = a.policies[rnd % len(a.policies):] + a.policies[:rnd % len(a.policies)]  # alternate who goes first
+        for name in order:
+            key = name if a.rounds == 1 else f"{name} #{rnd + 1}"
+            results[key] = await run_policy(name, trace, tmp)
+            print(f"  {summarize(key, results[key], trace[0][1])}", flush=True)
     report(results, trace, out)
+
+
+async def run_policy(name: str, trace: list[tuple[str, float, int]], tmp: Path) -> dict:
+    port = free_port()
+    # Serve's policies count requests at Serve's handles, which the HAProxy front bypasses: they run on the
+    # ingress front (config load refuses them behind HAProxy); Tide's runs on the default front.
+    front = {"front": "ingress"} if POLICIES[name]["autoscaling_policy"] == "serve" else {}
+    cfg = {"server": {"host": "127.0.0.1", "port": port, **front},
+           "models": [{"name": "tiny", "model": str(MODEL), "engine_args": ENGINE,
+                       "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+                       "replicas": {"min": 1, "max": 2, "num_cpus": 0.5}, **POLICIES[name]}]}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    srv = Server(name, [str(Path(sys.executable).parent / "tide"), "serve", str(path)], port)
+    print(f"{name}: starting", flush=True)
+    srv.start(tmp)
+    try:
+        await wait_ready(srv)
+        return await run_trace(srv.url, trace)
+    finally:
+        srv.stop()
 
 
 def report(results: dict, trace: list[tuple[str, float, int]], out: Path) -> None:
     rows = [summarize(name, data, trace[0][1]) for name, data in results.items()]
-    base = next((r for r in rows if r["policy"] == "serve-default"), None)
+    def base_of(r: dict) -> dict | None:  # serve-default of the same round
+        rnd = r["policy"].partition(" #")[2]
+        return next((b for b in rows if b["policy"] == ("serve-default" + (f" #{rnd}" if rnd else ""))), None)
+
     lines = ["| policy | replica-s in trace | replica-s until back at min | vs serve-default | TTFT p50 ms | "
              "TTFT p99 ms | requests | failed | burst -> 2nd replica serving (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        base = base_of(r)
         ratio = f"{r['replica_s_until_min'] / base['replica_s_until_min']:.2f}x" if base else "-"
         second = "never" if r["to_second_replica_s"] is None else f"{r['to_second_replica_s']:.0f}"
         lines.append(f"| {r['policy']} | {r['replica_s']:.0f} | {r['replica_s_until_min']:.0f} | {ratio} | "
@@ -192,6 +207,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--scale", type=float, default=1.0, help="stretch (>1) or shrink the trace's phases")
+    p.add_argument("--rounds", type=int, default=1, help="run every policy this many times (order rotated)")
     p.add_argument("--from-json", help="re-report a finished run (benchmarks/out/autoscale.json)")
     asyncio.run(main_async(p.parse_args()))
 

@@ -60,8 +60,13 @@ def _at(times: list[float], values: list[float], t: float) -> float:
     return values[max(i, 0)]
 
 
+def _first_round(runs: dict) -> dict:
+    """bench_autoscale.py's runs by policy name (with --rounds N it names them "tide #1", ...: take round 1)."""
+    return {k.removesuffix(" #1"): v for k, v in runs.items() if " #" not in k or k.endswith(" #1")}
+
+
 def validate(a: argparse.Namespace) -> None:
-    runs = json.loads((OUT / "autoscale.json").read_text())["runs"]
+    runs = _first_round(json.loads((OUT / "autoscale.json").read_text())["runs"])
     base = load_profile("cpu-tiny")
     factor = calibrate(runs["tide"], base)
     rows, sims = [], {}

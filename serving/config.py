@@ -354,6 +354,13 @@ class TideConfig(_Strict):
         clash = name_collisions(self.adapter_names())
         if clash:
             raise ValueError(f"adapter name(s) {', '.join(clash)} equal another model's name")
+        for m in self.models:
+            if self.server.front == "haproxy" and m.autoscaling_policy == "serve" and m.replicas.min < m.replicas.max:
+                raise ValueError(
+                    f"models.{m.name}.autoscaling_policy: `serve` counts requests at Serve's handles, and behind "
+                    f"server.front: haproxy they go straight to the replicas' HTTP servers, so it would see none "
+                    f"and never scale; keep the default `tide` policy (it reads the engines' queues) or set "
+                    f"server.front: ingress")
         return self
 
     def adapter_names(self) -> dict[str, list[str]]:

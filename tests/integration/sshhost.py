@@ -37,6 +37,9 @@ def missing() -> str | None:
             return f"{tool} not found (.ci/run installs openssh-server and rsync)"
     if os.geteuid() != 0:
         return "needs root: sshd logs in only its own user otherwise, and the PID namespace needs CAP_SYS_ADMIN"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot make a PID namespace here: {probe.stderr.strip()[:200]}"
     return None
 
 
@@ -126,7 +129,8 @@ def local_cluster_yaml(host: SSHHost, serve_env: dict[str, str], path: Path) -> 
     def moved(cmd: str) -> str:
         cmd = _EXPORT_VAR.sub(lambda m: f"{m[1]}={serve_env.get(m[1], m[2])}", cmd)
         cmd = cmd.replace("--port=6379", f"--port={gcs} --ray-client-server-port={free_port()} "
-                                         f"--dashboard-port={free_port()}")
+                                         f"--dashboard-port={free_port()} "
+                                         f"--dashboard-agent-listen-port={free_port()}")
         return cmd.replace("$RAY_HEAD_IP:6379", f"$RAY_HEAD_IP:{gcs}")
 
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):

@@ -70,3 +70,13 @@ def test_autoscaling_bounds_come_from_replicas():
 def test_model_names_that_map_to_one_serve_deployment_are_rejected():
     with pytest.raises(ConfigError, match="same Serve deployment 'model-a_b'"):
         parse_config({"models": [{"name": "a:b", "model": "x"}, {"name": "a_b", "model": "y"}]})
+
+
+def test_serves_own_policy_is_refused_behind_the_haproxy_front():
+    """Behind HAProxy requests bypass Serve's handles, so Serve's policy would never see load (measured:
+    bench_autoscale kept it at one replica through a 24-client burst)."""
+    model = {"name": "m", "model": "x", "replicas": {"min": 1, "max": 2}, "autoscaling_policy": "serve"}
+    with pytest.raises(ConfigError, match=r"models\.m\.autoscaling_policy: `serve` counts requests at Serve's "):
+        parse_config({"models": [model]})
+    assert parse_config({"server": {"front": "ingress"}, "models": [model]}).models[0].autoscaling_policy == "serve"
+    assert parse_config({"models": [{**model, "replicas": {"min": 2, "max": 2}}]})  # fixed size: nothing to see

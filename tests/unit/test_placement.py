@@ -210,3 +210,4 @@ def test_cpus_and_gpus_are_not_custom_resources(name):
 
     with pytest.raises(ValidationError, match="is not a custom resource"):
         ReplicaConfig(resources={name: 1})
+
