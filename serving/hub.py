@@ -70,7 +70,10 @@ def on_head() -> dict[str, Any]:
 
     Why: whoever asks first creates these actors, often a model replica on a GPU node; an actor left there keeps
     that node busy, so Ray's autoscaler never releases it after the model scales to zero."""
-    return {"resources": {"node:__internal_head__": 0.001}}  # Ray's head marker; Ray Train pins its state actor so
+    # Ray's head marker (Ray Train pins its state actor so). "DEFAULT": not in the placement group of the replica
+    # that asks (a TP/PP replica's children are captured by it; the group's bundles have no head marker, and the
+    # actor would die with the group).
+    return {"resources": {"node:__internal_head__": 0.001}, "scheduling_strategy": "DEFAULT"}
 
 
 def get_hub() -> Any:
