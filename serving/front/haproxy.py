@@ -121,6 +121,9 @@ def render(spec: FrontSpec, folder: Path) -> str:
         "global",
         f"    stats socket {spec.socket} mode 600 level admin",
         f"    tune.bufsize {BUFFER_BYTES}",
+        # One thread: a model's queue bound is read (be_conn) and taken (use_backend) in one step, which two
+        # threads evaluating two requests at once would not be (seen: 3 admitted where the bound left room for 1).
+        "    nbthread 1",
         "",
         "defaults",
         "    mode http",
