@@ -66,6 +66,12 @@ def ray_node(head: Head, num_cpus: int) -> Iterator[int]:
         log.close()
 
 
+def controller_log_lines(ray_tmp: Path) -> Iterator[str]:
+    """Every line of the Serve controller's logs under a head's Ray temp dir (`Head.tmp / "ray"`), oldest first."""
+    for f in sorted(ray_tmp.glob("session_*/logs/serve/controller_*.log")):
+        yield from f.read_text(errors="replace").splitlines()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM a `ray start --block` (it stops every process it started); SIGKILL its group after a minute."""
     proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from .headnode import ray_head, ray_node, tide, tiny_config, wait_healthy
+from .headnode import controller_log_lines, ray_head, ray_node, tide, tiny_config, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -62,37 +62,34 @@ def _ids(url: str, model: str, prompt: str) -> list[int]:
     return ids
 
 
+def _titled(p: psutil.Process, title: str) -> bool:
+    """Whether `p` carries the process title `title` (vLLM's setproctitle; a vanished process does not)."""
+    try:
+        return title in " ".join(p.cmdline()) or p.name().startswith(title)
+    except psutil.Error:
+        return False
+
+
 def _procs(pids: list[int], title: str) -> list[psutil.Process]:
-    out = []
-    for pid in pids:
-        for p in psutil.Process(pid).children(recursive=True):
-            try:
-                if title in " ".join(p.cmdline()) or p.name().startswith(title):
-                    out.append(p)
-            except psutil.Error:
-                pass
-    return out
+    return [p for pid in pids for p in psutil.Process(pid).children(recursive=True) if _titled(p, title)]
 
 
 def _where(title: str) -> list[str]:
     """Every process on the machine whose title starts with `title`, with its ancestors (for failure messages)."""
     out = []
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        try:
-            if title in " ".join(p.info["cmdline"] or []) or (p.info["name"] or "").startswith(title):
-                chain = [f"{a.pid}:{a.name()[:24]}" for a in p.parents()]
-                out.append(f"{p.pid}:{p.info['name']} <- {' <- '.join(chain)}")
-        except psutil.Error:
-            pass
+    for p in psutil.process_iter():
+        if _titled(p, title):
+            try:
+                out.append(f"{p.pid}:{p.name()} <- {' <- '.join(f'{a.pid}:{a.name()[:24]}' for a in p.parents())}")
+            except psutil.Error:
+                pass
     return out
 
 
 def _serve_log(head, deployment: str) -> list[str]:
     """The Serve controller's lines about `deployment`'s replicas (for failure messages: a restart shows here)."""
-    lines = []
-    for f in sorted((head.tmp / "ray").glob("session_*/logs/serve/controller_*.log")):
-        lines += [ln[:300] for ln in f.read_text(errors="replace").splitlines()
-                  if f"deployment='{deployment}'" in ln and "Replica(" in ln]
+    lines = [ln[:300] for ln in controller_log_lines(head.tmp / "ray")
+             if f"deployment='{deployment}'" in ln and "Replica(" in ln]
     return lines[-12:]
 
 
