@@ -148,16 +148,19 @@ def test_a_killed_replica_takes_its_engine_along_and_ctrl_c_leaves_nothing(tmp_p
         assert its_engines, "the replica has no VLLM:: process"
         actor.kill()
         assert not wait_gone(its_engines, 10), "engines outlived their SIGKILLed replica"
-        # Serve replaces it; then `ray.kill` the new one
+        # Serve replaces it; then `ray.kill` the new one. /health may answer before Serve has noticed the death,
+        # so the wait is for a replica other than the killed one, with a whole engine start's bound (CI: >60 s).
+        killed = actor.pid
         wait_healthy(url, 300)
-        actor = wait_for("a replacement replica with an engine", lambda: replica(proc.pid), 60)
+        actor = wait_for("a replacement replica with an engine",
+                         lambda: (lambda r: r if r is not None and r.pid != killed else None)(replica(proc.pid)), 300)
         its_engines = engines(tree(actor.pid))
         ray_kill_replica(gcs_address(tree(proc.pid)))
         assert not wait_gone([actor, *its_engines], 10), "engines outlived their ray.kill'ed replica"
         wait_healthy(url, 300)
         # Ctrl-C: SIGINT to the foreground process group
-        everything = wait_for("VLLM:: processes under tide serve",
-                              lambda: (lambda t: t if engines(t) else None)(tree(proc.pid)), 60)
+        everything = wait_for("a replica with an engine under tide serve",
+                              lambda: (lambda t: t if replica(proc.pid) else None)(tree(proc.pid)), 300)
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=15)
