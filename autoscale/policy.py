@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 
+FINISH_RATE_WINDOW_S = 10.0  # a replica's finish rate is over this long: recent enough to follow a crowd's start
+
 
 class PolicyConfig(BaseModel):
     """Per-model autoscaling settings (the `autoscaling:` block of a model in the YAML)."""
@@ -67,6 +69,12 @@ class PolicyConfig(BaseModel):
         "more than max_step_up (Kubernetes' HPA default: 4 pods or 100%). 0: max_step_up alone, which at "
         "10,000 replicas shed 0.47% of a day's requests in the simulator (benchmarks/RESULTS.md).",
     )
+    backlog_drain_s: NonNegativeFloat = Field(
+        60.0, description="Requests queued beyond what the fleet runs are sized to drain within this long "
+        "(from the rate at which full replicas finish requests), not to run all at once: a flash crowd's backlog "
+        "asks for the replicas that empty it in time, not one per batch of waiting requests. 0: the whole "
+        "backlog at once (the rule before; benchmarks/RESULTS.md compares both).",
+    )
     kv_cache_high: float = Field(
         0.9, gt=0, le=1, description="Mean KV-cache usage (0..1) of the reporting replicas above which the engines "
         "are about to preempt: counts as scale-up pressure (fleet sized to bring it back to this level).",
@@ -91,6 +99,7 @@ class ReplicaStats:
     waiting: float = 0.0
     running: float = 0.0
     kv_cache_usage: float = 0.0
+    finish_rate: float = 0.0  # requests per second its engine finished lately
 
 
 class Action(str, Enum):
@@ -117,15 +126,27 @@ class Load:
     waiting: float = 0.0  # requests waiting in the engines' queues
     reporting: int = 0  # replicas that reported stats
     kv_sum: float = 0.0  # sum of the reporting replicas' KV-cache usage (0..1 each)
+    running: float = 0.0  # requests in the engines' batches (demand - running is the backlog)
+    finish_rate: float = 0.0  # requests per second the reporting replicas finish
+    full: int = 0  # reporting replicas with a queue of their own or before them (they finish at their best rate)
+    full_rate: float = 0.0  # requests per second those full replicas finish, summed
+
+    @property
+    def backlog(self) -> float:
+        """Requests not in any batch: waiting in engines' queues or before any engine."""
+        return max(self.demand - self.running, 0.0)
 
 
 def summarize(stats: Sequence[ReplicaStats | None], queued_outside: float = 0.0) -> Load:
     """Per-replica stats -> one Load. Silent replicas (None: starting, dead) add nothing."""
     live = [s for s in stats if s is not None]
     waiting = sum(max(s.waiting, 0.0) for s in live)
-    engine = sum(max(s.running, 0.0) + max(s.waiting, 0.0) for s in live)
+    running = sum(max(s.running, 0.0) for s in live)
     kv = sum(min(max(s.kv_cache_usage, 0.0), 1.0) for s in live)
-    return Load(engine + max(queued_outside, 0.0), waiting, len(live), kv)
+    # Requests queued before any engine mean every replica holds all Serve sends it: all of them are full.
+    full = [max(s.finish_rate, 0.0) for s in live if s.waiting > 0 or queued_outside > 0]
+    return Load(running + waiting + max(queued_outside, 0.0), waiting, len(live), kv, running,
+                sum(max(s.finish_rate, 0.0) for s in live), len(full), sum(full))
 
 
 def demand_of(stats: Sequence[ReplicaStats | None], queued_outside: float) -> tuple[float, float, int]:
@@ -140,6 +161,19 @@ def _smooth(prev: float | None, value: float, alpha: float) -> float:
 
 def replicas_for(demand: float, cfg: PolicyConfig) -> int:
     return math.ceil(demand / (cfg.replica_capacity * cfg.target_utilization) - 1e-9) if demand > 0 else 0
+
+
+def drain_need(load: Load, trend: float, start_s: float, cfg: PolicyConfig) -> int | None:
+    """Replicas that keep up with arrivals and empty the backlog within `backlog_drain_s` once the new ones
+    serve, at target_utilization of a full replica's measured finish rate; None when no full replica reports a
+    rate (then the backlog is sized as if it all ran at once)."""
+    if cfg.backlog_drain_s <= 0 or load.full <= 0 or load.full_rate <= 0:
+        return None
+    per_replica = load.full_rate / load.full
+    growth = max(trend, 0.0)  # requests/s the demand grows by: arrivals beyond what the fleet finishes
+    backlog = load.backlog + growth * start_s  # what waits by the time a replica started now serves
+    wanted = load.finish_rate + growth + backlog / cfg.backlog_drain_s
+    return math.ceil(wanted / (per_replica * cfg.target_utilization) - 1e-9)
 
 
 def step_up(current: int, cfg: PolicyConfig) -> int:
@@ -206,6 +240,9 @@ def decide_load(
     # Scale-up: queue pressure or capacity shortfall on demand projected one replica start ahead.
     projected = demand + min(max(trend, 0.0) * start_s, demand)  # look ahead, at most doubling
     need = replicas_for(projected, cfg)
+    drain = drain_need(load, trend, start_s, cfg)
+    if drain is not None:  # a backlog drained in time, not held all at once (never more than that rule)
+        need = min(need, drain)
     queue_per_replica = waiting / max(reporting, 1)
     kv_mean = load.kv_sum / reporting if reporting else 0.0
     kv_hot = kv_mean > cfg.kv_cache_high

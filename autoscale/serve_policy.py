@@ -2,7 +2,7 @@
 
 Serve instantiates `TidePolicy(**policy_kwargs)` once per deployment in its controller and calls it every
 control-loop tick with an AutoscalingContext. Replicas feed `aggregated_metrics` through their
-`record_autoscaling_stats()` (engine waiting/running/KV usage). Serve applies its own bounds and delays
+`record_autoscaling_stats()` (engine waiting/running/KV usage/finish rate). Serve applies its own bounds and delays
 afterwards; Tide sets Serve's delays to 0 so that the hysteresis lives in one place, the policy.
 """
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ray.serve")
 
-WAITING, RUNNING, KV = "tide_waiting", "tide_running", "tide_kv_cache_usage"
+WAITING, RUNNING, KV, FINISH = "tide_waiting", "tide_running", "tide_kv_cache_usage", "tide_finish_rate"
 STATE_KEY = "tide"
 START_KEY = "tide_start"  # the replica start-time tracker (autoscale.startup), beside the policy's own state
 
@@ -35,7 +35,8 @@ def stats_from_metrics(metrics: dict[str, dict[Any, float]] | None, replicas: li
             continue
         out.append(ReplicaStats(waiting=metrics.get(WAITING, {}).get(r, 0.0),
                                 running=metrics.get(RUNNING, {}).get(r, 0.0),
-                                kv_cache_usage=metrics.get(KV, {}).get(r, 0.0)))
+                                kv_cache_usage=metrics.get(KV, {}).get(r, 0.0),
+                                finish_rate=metrics.get(FINISH, {}).get(r, 0.0)))
     return out
 
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_sim.py validate   # sim vs benchmarks/out/autoscale.json -> benchmarks/sim_validation.png
     taskset -c 0 python benchmarks/bench_sim.py scale      # run time vs replicas and requests (one core)
     python benchmarks/bench_sim.py compare    # Tide vs Serve default on the built-in traces; tuning sweep
+    python benchmarks/bench_sim.py flash      # a flash crowd's backlog drained in 0 / 60 / 120 s
     python benchmarks/bench_sim.py parallel   # a day of Llama-3-70B on TP-4 replicas vs 8B on one GPU each
 
 Each prints a Markdown table (also written to benchmarks/out/sim_*.md).
@@ -230,6 +231,31 @@ def steps(a: argparse.Namespace) -> None:
     (OUT / "sim_steps.md").write_text(text + "\n")
 
 
+def flash(a: argparse.Namespace) -> None:
+    """The backlog rule: a flash crowd's queue sized to drain within backlog_drain_s (60 s, the default; 120 s)
+    vs held all at once (0, the rule before), on the 200-replica traces."""
+    prof = load_profile("h100-llama3-8b")
+    rules = {"drain 0 (all at once)": {"backlog_drain_s": 0}, "drain 60s (default)": {},
+             "drain 120s": {"backlog_drain_s": 120}}
+    results = []
+    for kind in ("flash-crowd", "poisson", "diurnal"):
+        tc = TraceConfig(duration_s=86_400 if kind == "diurnal" else 3600, users=20_000, requests_per_user_per_h=30)
+        trace = load_trace(kind, tc, a.dt)
+        fc = FleetConfig(replicas_min=1, replicas_max=200, node_provision_s=120, sample_s=60,
+                         initial_replicas=opening_fleet(trace, prof))
+        runs = []
+        for label, over in rules.items():
+            pol = make_policy("tide", 1, 200, {"replica_capacity": prof.max_num_seqs, **over})
+            runs.append(simulate(trace, prof, pol, f"{kind}, {label}", fc))
+            print(table(runs[-1:]), flush=True)
+        if kind == "flash-crowd":
+            plot(runs, OUT / "sim_flash.png", "flash crowd: backlog sized to drain in 0 / 60 / 120 s (h100-llama3-8b)")
+        results += runs
+    text = table(results)
+    print(text)
+    (OUT / "sim_flash.md").write_text(text + "\n")
+
+
 def parallel(a: argparse.Namespace) -> None:
     """One diurnal day, the same users, served by Llama-3-8B on one H100 per replica or Llama-3-70B on four
     (tensor parallel): the GPU-hours, cost and latency a bigger model costs when a replica is its whole group."""
@@ -281,6 +307,8 @@ def main() -> None:
     st = sub.add_parser("steps")
     st.add_argument("--dt", type=float, default=1.0)
     st.add_argument("--scale-dt", type=float, default=2.0)
+    fl = sub.add_parser("flash")
+    fl.add_argument("--dt", type=float, default=1.0)
     pa = sub.add_parser("parallel")
     pa.add_argument("--dt", type=float, default=1.0)
     pa.add_argument("--users", type=int, default=20_000)
@@ -288,7 +316,8 @@ def main() -> None:
     pa.add_argument("--price-per-gpu-h", type=float, default=2.5)
     a = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"validate": validate, "scale": scale, "compare": compare, "steps": steps, "parallel": parallel}[a.cmd](a)
+    {"validate": validate, "scale": scale, "compare": compare, "steps": steps, "flash": flash,
+     "parallel": parallel}[a.cmd](a)
 
 
 if __name__ == "__main__":

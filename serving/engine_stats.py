@@ -39,4 +39,4 @@ class EngineStats(StatLoggerBase):
         everything finished, even if the engine's last report predates the final step)."""
         s = self.counters.snapshot(time.time(), unfinished)
         return {"tide_waiting": float(s["waiting"]), "tide_running": float(s["running"]),
-                "tide_kv_cache_usage": float(s["kv_cache_usage"])}
+                "tide_kv_cache_usage": float(s["kv_cache_usage"]), "tide_finish_rate": float(s["finish_rate"])}

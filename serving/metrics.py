@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from autoscale.policy import FINISH_RATE_WINDOW_S
+
 # vLLM's default buckets (vllm/v1/metrics/buckets.py), copied so this module needs no vLLM import.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -67,6 +69,8 @@ class EngineCounters:
         self.queue = Histogram(E2E_BUCKETS)
         self._ttft_recent: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._tokens_per_sec: deque[list[float]] = deque()  # [second, tokens]
+        self._finished_per_sec: deque[list[float]] = deque()  # [second, requests finished]
+        self._first_step: float | None = None
 
     def on_scheduler(self, waiting: int, running: int, kv_cache_usage: float) -> None:
         self.waiting, self.running, self.kv_cache_usage = waiting, running, kv_cache_usage
@@ -76,6 +80,8 @@ class EngineCounters:
                      finished: Iterable[tuple[str, float, float]]) -> None:
         """One engine step. `finished` holds (finish_reason, e2e_latency_s, queued_s) per finished request."""
         self.last_step = now
+        if self._first_step is None:
+            self._first_step = now
         self.prompt_tokens += prompt_tokens
         self.generation_tokens += generation_tokens
         self.preemptions += preempted
@@ -84,24 +90,31 @@ class EngineCounters:
             self._ttft_recent.append((now, t))
         for t in itls:
             self.itl.observe(t)
+        ended = 0
         for reason, e2e, queued in finished:
             self.success[reason] = self.success.get(reason, 0) + 1
             self.e2e.observe(e2e)
             self.queue.observe(queued)
-        if generation_tokens:
-            sec = math.floor(now)
-            if self._tokens_per_sec and self._tokens_per_sec[-1][0] == sec:
-                self._tokens_per_sec[-1][1] += generation_tokens
-            else:
-                self._tokens_per_sec.append([sec, generation_tokens])
+            ended += 1
+        _add_per_sec(self._tokens_per_sec, now, generation_tokens)
+        _add_per_sec(self._finished_per_sec, now, ended)
         self._trim(now)
 
     def on_abort(self) -> None:
         self.aborted += 1
 
     def _trim(self, now: float) -> None:
-        while self._tokens_per_sec and self._tokens_per_sec[0][0] < now - self.window_s:
-            self._tokens_per_sec.popleft()
+        for q, window in ((self._tokens_per_sec, self.window_s), (self._finished_per_sec, FINISH_RATE_WINDOW_S)):
+            while q and q[0][0] < now - window - 1:
+                q.popleft()
+
+    def finish_rate(self, now: float) -> float:
+        """Requests per second finished over the last FINISH_RATE_WINDOW_S (or since the first step, if later)."""
+        if self._first_step is None:
+            return 0.0
+        since = max(now - FINISH_RATE_WINDOW_S, math.floor(self._first_step))
+        n = sum(c for sec, c in self._finished_per_sec if sec >= math.floor(since))
+        return n / max(now - since, 1.0)
 
     def snapshot(self, now: float, unfinished: int | None = None) -> dict[str, Any]:
         """JSON-able state. With `unfinished` (the frontend's exact count), queue numbers are clipped so that
@@ -123,7 +136,18 @@ class EngineCounters:
             "ttft": self.ttft.to_dict(), "itl": self.itl.to_dict(), "e2e": self.e2e.to_dict(),
             "queue": self.queue.to_dict(),
             "window_s": self.window_s, "window_tokens": tokens, "window_ttfts": recent,
+            "finish_rate": self.finish_rate(now),
         }
+
+
+def _add_per_sec(q: deque[list[float]], now: float, n: float) -> None:
+    if not n:
+        return
+    sec = math.floor(now)
+    if q and q[-1][0] == sec:
+        q[-1][1] += n
+    else:
+        q.append([sec, n])
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

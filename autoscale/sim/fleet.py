@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from ..policy import Load
+from ..policy import FINISH_RATE_WINDOW_S, Load
 from .policies import FleetView, Policy
 from .prefix import PrefixModel, PrefixWorkload
 from .profile import Profile
@@ -101,6 +101,7 @@ class Fleet:
         self.ready_at = np.zeros(r)
         self.drain_since = np.zeros(r)
         self.inflight = np.zeros(r)
+        self.rate = np.zeros(r)  # requests/s each replica finished lately (an EWMA over the replicas' window)
         self.hi = 0  # replicas [hi:] were never used: skipped by every array op
         self.queue: deque[list[float]] = deque()  # [arrival time, count], FIFO
         self.queued = 0.0
@@ -122,6 +123,7 @@ class Fleet:
         if k <= 0:
             return
         idx = np.flatnonzero(self.state == OFF)[:k]
+        self.rate[idx] = 0.0
         base = self.allocated()
         per = self.per_node
         for j, i in enumerate(idx):  # replica number base+j lives on node (base+j) // per
@@ -163,6 +165,7 @@ class Fleet:
                 dead = self.rng.choice(up, k, replace=False)
                 self.failed += float(self.inflight[dead].sum())
                 self.inflight[dead] = 0.0
+                self.rate[dead] = 0.0
                 s[dead] = STARTING  # Serve replaces a dead replica on its node
                 self.ready_at[dead] = now + self.cold_start_s
         draining = s == DRAINING
@@ -229,8 +232,10 @@ class Fleet:
         kv_per_req = prompt + output / 2
         cap = min(prof.max_num_seqs, prof.kv_cache_tokens / kv_per_req)
         self._up, self._cap, self._kv_per_req = up, cap, kv_per_req
+        alpha = min(dt / FINISH_RATE_WINDOW_S, 1.0)
         if admit <= 0 and not inflight.any():
             self._mid = inflight
+            self.rate[:hi] *= 1.0 - alpha
             return
         if self.prefix is not None:  # cached prefix tokens skip prefill (they still occupy KV)
             hit = self.prefix.step(arrivals, up, inflight)
@@ -260,6 +265,7 @@ class Fleet:
         tpot.add(step / share, done)
         self._mid = inflight - done / 2  # what a replica reports, on average over the tick
         inflight -= done
+        self.rate[:hi] += alpha * (done / dt - self.rate[:hi])
         self.completed += float(done.sum())
 
     def view(self, now: float) -> FleetView:
@@ -269,8 +275,12 @@ class Fleet:
         n_up = int(np.count_nonzero(up))
         in_engines = float(infl @ up) if n_up else 0.0
         running = float(np.minimum(infl, self._cap) @ up) if n_up else 0.0
+        rate = self.rate[: len(up)]
+        full = up & ((infl > self._cap + 1e-6) | (self.queued > 1e-6))
         load = Load(demand=in_engines + self.queued, waiting=in_engines - running, reporting=n_up,
-                    kv_sum=running * self._kv_per_req / self.prof.kv_cache_tokens)
+                    kv_sum=running * self._kv_per_req / self.prof.kv_cache_tokens, running=running,
+                    finish_rate=float(rate @ up) if n_up else 0.0, full=int(np.count_nonzero(full)),
+                    full_rate=float(rate[full].sum()))
         active = n_up + int(np.count_nonzero(self.state[: self.hi] == STARTING))
         return FleetView(now, active, n_up, load, in_engines + self.queued)
 

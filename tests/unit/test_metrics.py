@@ -128,3 +128,22 @@ def test_fleet_status_counts_a_parallel_replica_as_its_group():
     assert (big["workers_per_replica"], big["gpus_per_replica"], big["gpus"]) == (4, 4.0, 8.0)  # running x group
     assert st["models"]["small"]["gpus"] == 0.0
     assert "gpus" not in fleet_status(["a"], {"a": (1, 1)}, {}, {}, {}, now=0.0)["models"]["a"]
+
+
+def test_finish_rate_is_over_the_last_ten_seconds_or_since_the_first_step():
+    from autoscale.policy import FINISH_RATE_WINDOW_S
+
+    c = EngineCounters(window_s=2)  # a shorter stats window does not shorten the finish-rate window
+    assert c.finish_rate(100.0) == 0.0
+    c.on_iteration(100.0, 0, 1, 0, [], [], [])  # first step, nothing finished
+    c.on_iteration(101.2, 0, 1, 0, [], [], [("stop", 1.0, 0.0)] * 3)
+    c.on_iteration(102.7, 0, 1, 0, [], [], [("length", 1.0, 0.0)])
+    assert c.finish_rate(104.0) == 4 / 4.0  # 4 finished since the first step, 4 s ago
+    assert c.snapshot(104.0)["finish_rate"] == 1.0
+    later = 100.0 + FINISH_RATE_WINDOW_S + 2.0  # 112: the window [102, 112] holds the one at 102.7
+    c.on_iteration(later, 0, 1, 0, [], [], [])
+    assert c.finish_rate(later) == 1 / FINISH_RATE_WINDOW_S
+    assert c.finish_rate(later + 20) == 0.0
+    fresh = EngineCounters()
+    fresh.on_iteration(50.0, 0, 1, 0, [], [], [("stop", 1.0, 0.0)] * 2)
+    assert fresh.finish_rate(50.3) == 2.0  # under a second since the first step: per one second, not per 0.3

@@ -378,3 +378,62 @@ def test_scale_to_zero_forgets_the_last_scale_down():
         d = decide_load(float(t), n, Load(demand=0.0, reporting=max(n, 1)), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
     assert n == 0 and "last_down" not in state
+
+
+DRAIN = CFG.model_copy(update={"backlog_drain_s": 60, "max_replicas": 100})
+
+
+def _saturated(replicas: int, backlog: float, rate: float = 5.0) -> Load:
+    """`replicas` full replicas (10 running each, `rate` requests/s finished each) and `backlog` waiting."""
+    running = replicas * 10.0
+    return Load(demand=running + backlog, waiting=backlog, reporting=replicas, kv_sum=0.0, running=running,
+                finish_rate=replicas * rate, full=replicas, full_rate=replicas * rate)
+
+
+def test_drain_need_needs_a_full_replica_with_a_rate():
+    from autoscale.policy import drain_need
+
+    idle = Load(demand=5, waiting=0, reporting=2, running=5, finish_rate=3, full=0, full_rate=0)
+    assert drain_need(idle, 0.0, 10, DRAIN) is None  # nobody full: no best rate measured
+    assert drain_need(_saturated(2, 50, rate=0.0), 0.0, 10, DRAIN) is None  # full but nothing finished yet
+    assert drain_need(_saturated(2, 50), 0.0, 10, CFG.model_copy(update={"backlog_drain_s": 0})) is None
+
+
+def test_drain_need_keeps_up_with_arrivals_and_empties_the_backlog_in_time():
+    from autoscale.policy import drain_need
+
+    # 4 full replicas finishing 5/s each at 0.8 utilization = 4/s usable per replica.
+    # No growth, backlog 240: 20/s (what they finish) + 240/60 = 24/s -> 6 replicas.
+    assert drain_need(_saturated(4, 240), 0.0, 10, DRAIN) == 6
+    # Growth of 2/s over a 10 s start adds 2/s of arrivals and 20 more waiting: 20 + 2 + 260/60 = 26.33 -> 7.
+    assert drain_need(_saturated(4, 240), 2.0, 10, DRAIN) == 7
+    # A shrinking demand counts as no growth, never as less than what the fleet finishes.
+    assert drain_need(_saturated(4, 240), -5.0, 10, DRAIN) == 6
+    # A longer drain window asks for fewer: backlog 480 is 20 + 8 = 28/s in 60 s (7), 20 + 2 = 22/s in 240 s (6).
+    assert drain_need(_saturated(4, 480), 0.0, 10, DRAIN) == 7
+    assert drain_need(_saturated(4, 480), 0.0, 10, DRAIN.model_copy(update={"backlog_drain_s": 240})) == 6
+
+
+@pytest.mark.parametrize("replicas,backlog", [(1, 5), (2, 40), (4, 240), (8, 1000), (16, 10_000)])
+def test_with_a_drain_window_the_step_up_is_never_above_the_size_rule_and_still_grows(replicas, backlog):
+    load = _saturated(replicas, backlog)
+    old = decide_load(100, replicas, load, DRAIN.model_copy(update={"backlog_drain_s": 0}),
+                      {"t": 99, "ewma": load.demand, "trend": 0.0, "up_since": 0})
+    new = decide_load(100, replicas, load, DRAIN, {"t": 99, "ewma": load.demand, "trend": 0.0, "up_since": 0})
+    assert new.replicas <= old.replicas
+    assert new.replicas > replicas and new.action == Action.UP  # a backlog on full replicas always adds one
+
+
+def test_summarize_counts_full_replicas_and_their_finish_rate():
+    stats = [ReplicaStats(waiting=3, running=10, finish_rate=4.0), ReplicaStats(waiting=0, running=2, finish_rate=1.0),
+             None, ReplicaStats(waiting=1, running=10, finish_rate=6.0)]
+    load = summarize(stats)
+    assert (load.full, load.full_rate, load.finish_rate, load.running) == (2, 10.0, 11.0, 22.0)
+    assert load.demand == 22 + 4 and load.backlog == 4
+
+
+def test_requests_queued_before_the_engines_make_every_replica_full():
+    stats = [ReplicaStats(waiting=0, running=10, finish_rate=4.0), ReplicaStats(waiting=0, running=10, finish_rate=5.0)]
+    assert summarize(stats).full == 0
+    load = summarize(stats, queued_outside=30)
+    assert (load.full, load.full_rate, load.backlog) == (2, 9.0, 30.0)

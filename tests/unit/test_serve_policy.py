@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from autoscale.serve_policy import KV, RUNNING, STATE_KEY, WAITING, TidePolicy, stats_from_metrics
+from autoscale.serve_policy import FINISH, KV, RUNNING, STATE_KEY, WAITING, TidePolicy, stats_from_metrics
 
 
 def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None):
@@ -14,9 +14,10 @@ def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None):
 
 
 def test_stats_from_metrics_marks_silent_replicas():
-    m = {WAITING: {"r0": 3.0}, RUNNING: {"r0": 5.0}, KV: {"r0": 0.5}}
+    m = {WAITING: {"r0": 3.0}, RUNNING: {"r0": 5.0}, KV: {"r0": 0.5}, FINISH: {"r0": 2.5}}
     s = stats_from_metrics(m, ["r0", "r1"])
     assert s[0].waiting == 3 and s[0].running == 5 and s[0].kv_cache_usage == 0.5 and s[1] is None
+    assert s[0].finish_rate == 2.5
     assert stats_from_metrics(None, ["r0"]) == [None]
 
 
