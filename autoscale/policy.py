@@ -1,7 +1,7 @@
 """Tide's autoscaling policy: replicas from engine queue depth, as a pure function.
 
 No Ray, no clock, no I/O: the caller passes the time, each replica's engine stats and the state the last
-call returned. Serve calls it through `autoscale.serve_policy`; the simulator can call the same function.
+call returned. Serve calls it through `autoscale.serve_policy` and `autoscale.controller.step`; the simulator calls the same step.
 
 The model: a replica serves `replica_capacity` requests at once (its batch); requests beyond that wait in
 the engine's queue. Demand = running + waiting (+ requests queued before any replica). We scale up fast

@@ -1,4 +1,5 @@
-"""Serve's custom autoscaling hook, calling Tide's pure policy. Thin: read the context, decide, log, return.
+"""Serve's custom autoscaling hook, calling Tide's pure controller step (autoscale/controller.py). Thin: read
+the context, decide, log, export, return.
 
 Serve instantiates `TidePolicy(**policy_kwargs)` once per deployment in its controller and calls it every
 control-loop tick with an AutoscalingContext. Replicas feed `aggregated_metrics` through their
@@ -12,45 +13,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .policy import Action, Decision, Load, PolicyConfig, ReplicaStats, decide_load, summarize
-from .startup import measured_start_s, track_start
+from .controller import stats_from_metrics, step
+from .policy import Action, PolicyConfig, ReplicaStats, summarize
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
 logger = logging.getLogger("ray.serve")
-
-WAITING, RUNNING, KV, FINISH = "tide_waiting", "tide_running", "tide_kv_cache_usage", "tide_finish_rate"
-STATE_KEY = "tide"
-START_KEY = "tide_start"  # the replica start-time tracker (autoscale.startup), beside the policy's own state
-
-
-def stats_from_metrics(metrics: dict[str, dict[Any, float]] | None, replicas: list[Any]) -> list[ReplicaStats | None]:
-    """Per running replica: its engine stats, or None when it has not reported (starting, dead)."""
-    metrics = metrics or {}
-    out: list[ReplicaStats | None] = []
-    for r in replicas:
-        if r not in metrics.get(WAITING, {}) and r not in metrics.get(RUNNING, {}):
-            out.append(None)
-            continue
-        out.append(ReplicaStats(waiting=metrics.get(WAITING, {}).get(r, 0.0),
-                                running=metrics.get(RUNNING, {}).get(r, 0.0),
-                                kv_cache_usage=metrics.get(KV, {}).get(r, 0.0),
-                                finish_rate=metrics.get(FINISH, {}).get(r, 0.0)))
-    return out
-
-
-def step(cfg: PolicyConfig, policy_state: dict[str, Any] | None, now: float, target: int, running: int,
-         load: Load) -> tuple[Decision, dict[str, Any]]:
-    """One control-loop tick, pure: measure replica starts, decide against the current target.
-
-    Serve's hook and the fleet simulator both call this, so they run the same policy path."""
-    prev = policy_state or {}
-    starts = track_start(prev.get(START_KEY), now, target, running)
-    d = decide_load(now, target, load, cfg, prev.get(STATE_KEY), start_s=measured_start_s(starts))
-    starts = track_start(starts, now, d.replicas, running)  # a start is timed from its decision
-    return d, {STATE_KEY: d.state, START_KEY: starts}
-
 
 class _Metrics:
     """Prometheus metrics through Ray's own pipeline (scraped from each node's metrics export port, like

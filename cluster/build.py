@@ -12,7 +12,7 @@ import yaml
 
 from serving.config import TideConfig
 from serving.config import APP_NAME
-from serving.launcher import serve_env
+from serving.ray_env import serve_env
 
 RAY_VERSION = "2.60.0"
 IMPORT_PATH = "serving.serve_app:app_builder"  # the application builder Serve imports on the cluster

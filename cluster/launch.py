@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from serving.config import TideConfig
-from serving.launcher import serve_env
+from serving.ray_env import serve_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the YAMLs' file_mounts sync "." from here
 REMOTE_MODELS = "~/tide-models.yaml"

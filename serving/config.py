@@ -281,7 +281,7 @@ class ServerConfig(_Strict):
         True,
         description="Serve HTTP from the ingress replica itself on `port` (Ray Serve's throughput-optimized direct "
         "ingress), skipping the Serve proxy hop: about 2x the tokens/s of the proxy path on 2 cores. Applies when "
-        "Tide starts Ray; on a cluster, start each node's Ray with the variables of serving.launcher.serve_env.",
+        "Tide starts Ray; on a cluster, start each node's Ray with the variables of serving.ray_env.serve_env.",
     )
     front: Literal["ingress", "haproxy"] = Field(
         "haproxy",

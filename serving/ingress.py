@@ -30,9 +30,9 @@ from .guard import Guard, Refused
 from .loopback import bind_replica_grpc_to_node
 from .httpio import error_response, read_json, replica_counts
 from .hub import get_hub
-from .embeddings import EmbeddingRequest
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from .front.passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest, needs_vllm
+from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList
+from .front.passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest
+from .validation import needs_vllm
 from .front.vllm_path import VllmPath
 from .status import fleet_status, metrics_text
 from .web import router as web_router

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -74,3 +75,10 @@ def bind_replica_grpc_to_node() -> None:
 
     add_port._tide_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = add_port
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

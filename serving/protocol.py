@@ -212,6 +212,64 @@ class CompletionRequest(_SamplingRequest):
 # ---- responses ---------------------------------------------------------------------------------------------
 
 
+# ---- embeddings --------------------------------------------------------------------------------------------
+
+
+MAX_INPUTS = 2048  # OpenAI's cap on inputs per embeddings request
+
+
+class EmbeddingRequest(OpenAIBase):
+    """Fields in the order of the OpenAI API reference; unknown fields are rejected like everywhere else."""
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _shape(cls, v):
+        """One clear message for a wrong shape instead of pydantic's error from the first union branch."""
+        def ints(x):
+            return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+        if isinstance(v, str) or (isinstance(v, list) and (
+                all(isinstance(x, str) for x in v) or ints(v) or all(ints(x) for x in v))):
+            return v
+        raise ValueError("input must be a string, a list of strings, a list of token ids, or a list of lists "
+                         "of token ids")
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v):
+        if isinstance(v, str):
+            if not v:
+                raise ValueError("input must not be an empty string")
+            return v
+        if len(v) == 0:
+            raise ValueError("input must not be empty")
+        if isinstance(v[0], (list, str)):
+            if len(v) > MAX_INPUTS:
+                raise ValueError(f"at most {MAX_INPUTS} inputs are allowed per request, got {len(v)}")
+            if any(len(x) == 0 for x in v):
+                raise ValueError("inputs must not be empty (strings or token lists)")
+        return v
+
+    @property
+    def stream(self) -> bool:  # the ingress asks every request; embeddings never stream
+        return False
+
+    def inputs(self) -> list[str | list[int]]:
+        """The input as a list of single inputs (text or token ids)."""
+        v = self.input
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v[0], int):
+            return [list(v)]  # one input given as token ids
+        return list(v)
+
+
 def now() -> int:
     return int(time.time())
 

@@ -1,6 +1,6 @@
 """The policies the simulator can drive, behind one call shape, registered by name.
 
-`tide` is Tide's production path itself (`autoscale.serve_policy.step`: start-time tracking + `decide_load`).
+`tide` is Tide's production path itself (`autoscale.controller.step`: start-time tracking + `decide_load`).
 `serve-default` re-implements Ray Serve 2.60's default rule as a small pure function, from
 `ray/serve/autoscaling_policy.py` (`replica_queue_length_autoscaling_policy`, `_apply_scaling_factors`,
 `_apply_delay_logic`, `_get_cold_start_scale_up_replicas`) plus the controller's min/max bounds and its
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat
 
 from ..policy import Load, PolicyConfig
-from ..serve_policy import step as tide_step
+from ..controller import step as tide_step
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,8 @@
 """What the ingress reads of a request bound for vLLM's own OpenAI layer in a model replica
 (serving/replica/openai_app.py), and how it relays the answer. Every model request goes there; the ingress
 keeps its governance (keys, per-key limits, the bounded queue, routing by `model`, deadlines) and relays the
-replica's bytes untouched. Pure decisions here:
-- whether Tide's own checks apply first (`needs_vllm`): a chat or text completion body within the OpenAI
-  fields Tide models (serving/protocol.py) is checked there, so a bad field gets a 400 naming it; a body that
-  uses a field only vLLM declares (vLLM's sampling extensions, `prompt_logprobs`, `structured_outputs`, ...)
-  or, for chat, a message shape beyond Tide's (tool calls and tool results, non-text content parts) is left
-  to vLLM's own validation. A field neither knows stays a 400 from Tide (vLLM would ignore it silently), and
-  so does an unknown `role`;
+replica's bytes untouched. Pure decisions here
+(whether Tide's own checks apply first is `needs_vllm`, serving/validation.py):
 - the token estimate the rate limits charge (`VllmRequest`), the usage a stream settles with.
 """
 
@@ -21,57 +16,10 @@ from typing import Any, AsyncIterator, Callable, Mapping
 from ..errors import error_event, to_error
 from .calls import timed_out
 
-# Fields of vLLM 0.32's ChatCompletionRequest / CompletionRequest that Tide's protocol does not declare
-# (tests/unit/test_passthrough.py checks them against vLLM's models, so an upgrade that renames one fails).
-VLLM_SHARED = frozenset({
-    "add_special_tokens", "allowed_token_ids", "bad_words", "cache_salt", "include_stop_str_in_output",
-    "length_penalty", "logit_bias", "min_p", "priority", "prompt_logprobs", "repetition_penalty",
-    "request_id", "return_token_ids", "return_tokens_as_token_ids", "skip_special_tokens",
-    "spaces_between_special_tokens", "stop_token_ids", "structured_outputs", "truncate_prompt_tokens",
-    "use_beam_search", "vllm_xargs",
-})
-VLLM_ONLY_FIELDS: dict[str, frozenset[str]] = {
-    "chat": VLLM_SHARED | {
-        "add_generation_prompt", "chat_template", "chat_template_kwargs", "continue_final_message", "documents",
-        "echo", "include_reasoning", "reasoning_effort",
-    },
-    "completion": VLLM_SHARED | {"response_format"},
-    "embed": frozenset({
-        "add_special_tokens", "cache_salt", "embed_dtype", "endianness", "priority", "request_id",
-        "truncate_prompt_tokens", "truncation_side", "use_activation",
-    }),
-}
 # where a body bound for vLLM's layer keeps its input (chat, completions, responses, tokenize, score, rerank)
 PROMPT_KEYS = ("messages", "prompt", "input", "text", "instructions", "tokens", "query", "documents", "text_1",
                "text_2", "queries")
-TIDE_MESSAGE_KEYS = frozenset({"role", "content", "name"})
-TIDE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
-
-
-def needs_vllm(kind: str, data: Mapping[str, Any], tide_fields: frozenset[str]) -> bool:
-    """Whether a chat (`kind` "chat"), text completion or embeddings body is left to vLLM's own checks rather
-    than Tide's (see the module docstring)."""
-    messages = data.get("messages")
-    if kind == "chat" and isinstance(messages, list) and any(
-            not isinstance(m, dict) or m.get("role") not in TIDE_ROLES for m in messages):
-        return False  # Tide's stricter check answers (an unknown role is a 400; vLLM accepts it)
-    extra = set(data) - tide_fields
-    if extra:
-        return extra <= VLLM_ONLY_FIELDS.get(kind, frozenset())  # else Tide names the unknown field in a 400
-    if kind != "chat":
-        return False
-    if not isinstance(data.get("messages"), list):
-        return False
-    for m in data["messages"]:
-        if not isinstance(m, dict) or m.get("role") not in TIDE_ROLES:
-            return False  # Tide's stricter check answers (an unknown role is a 400)
-        if set(m) - TIDE_MESSAGE_KEYS:
-            return True  # tool_calls, tool_call_id, ...
-        content = m.get("content")
-        if isinstance(content, list) and any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
-            return True
-    return False
 
 
 def usage_tokens(tail: bytes) -> int | None:

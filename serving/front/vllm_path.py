@@ -4,7 +4,7 @@ Tide's governance stays on it: keys and per-key limits, the bounded queue, routi
 `base:adapter` included), deadlines, retries on a replica that died before answering, usage settle, abort
 when the client leaves, and holding a request while a cold model starts (SSE heartbeats on a stream, a
 bounded number held, a computed Retry-After). The replica's bytes are relayed untouched, except error
-bodies, which are put in OpenAI's words (serving/front/vllm_errors.py).
+bodies, which are put in OpenAI's words (serving/vllm_errors.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..httpio import SSE_HEADERS, error_response, retry_response
 from ..lora import resolve_model
 from .passthrough import VllmRequest, body_bytes, head_headers, model_of, relay, usage_tokens, with_stream_usage
 from ..router import routing_prompt
-from .vllm_errors import openai_error_bytes
+from ..vllm_errors import openai_error_bytes
 
 JSON = {"content-type": "application/json"}
 

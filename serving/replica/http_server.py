@@ -34,8 +34,8 @@ def tide_checks(kind: str, data: dict[str, Any], task: str) -> None:
     serving/ingress.py `_serve`) of a body `read_json` accepted; raises a TideError naming the field."""
     from pydantic import ValidationError
 
-    from ..embeddings import EmbeddingRequest
-    from ..front.passthrough import needs_vllm
+    from ..protocol import EmbeddingRequest
+    from ..validation import needs_vllm
     from ..protocol import ChatCompletionRequest, CompletionRequest
 
     schema = {"chat": ChatCompletionRequest, "completion": CompletionRequest, "embed": EmbeddingRequest}[kind]
@@ -127,7 +127,7 @@ class ReplicaGate:
 
     async def _run(self, app: Any, scope: dict[str, Any], body: bytes, data: dict[str, Any], receive: Any,
                    send: Any, name: list[tuple[bytes, bytes]], left: float, stream: bool) -> None:
-        from ..front.vllm_errors import openai_error_bytes
+        from ..vllm_errors import openai_error_bytes
 
         gone = asyncio.Event()  # the deadline passed: the app is told its client left
         client = asyncio.ensure_future(receive())  # the client's http.disconnect, whenever it comes

@@ -19,6 +19,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group_table
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from ..loopback import free_port
 from ..placement import bind_setting, node_groups
 
 logger = logging.getLogger("tide.stages")
@@ -77,8 +78,6 @@ def spread_stages(world: int, model_env: dict[str, str], cpu_bind_mode: str, rep
     groups = node_groups([table[i] for i in range(world)])
     if len(groups) == 1:
         return {}, []
-    from ..launcher import free_port
-
     ip = ray.util.get_node_ip_address()
     os.environ["VLLM_HOST_IP"] = ip  # the address vLLM's message queues advertise to the other nodes
     local = len(groups[0][1])

@@ -24,7 +24,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..config import APP_NAME, deployment_name
-from ..front.vllm_errors import openai_error_bytes
+from ..vllm_errors import openai_error_bytes
 from .errors import ConnectionFailed, ModelNotFound, TideAPIError, Unavailable, from_body, from_exception
 from .wire import PATHS, Kind, SSEDecoder, build_request, chunks_from_events, event_chunk, parse_response
 

@@ -16,7 +16,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
 from ..errors import TideError, from_validation_error
-from ..front.passthrough import needs_vllm
+from ..validation import needs_vllm
 from ..protocol import ChatCompletionRequest, CompletionRequest
 from ..validation import check_text
 from .errors import BadRequest, TideAPIError, from_stream_error

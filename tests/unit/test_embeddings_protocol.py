@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving import embedding_model
-from serving.embeddings import MAX_INPUTS, EmbeddingRequest
+from serving.protocol import MAX_INPUTS, EmbeddingRequest
 from serving.errors import TideError, to_error
 
 

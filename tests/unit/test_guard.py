@@ -141,7 +141,7 @@ def test_prompt_chars_for_chat_and_completion():
 
 
 def test_embedding_requests_are_charged_for_their_inputs_only():
-    from serving.embeddings import EmbeddingRequest
+    from serving.protocol import EmbeddingRequest
 
     req = EmbeddingRequest(model="m", input=["abcd" * 10, "ab"])
     assert prompt_chars(req) == 42

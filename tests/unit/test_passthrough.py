@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from serving.config import VLLM_SERVER_ARGS, ModelConfig
-from serving.front.passthrough import (VLLM_ONLY_FIELDS, VllmRequest, drop_usage_event, needs_vllm, relay, usage_tokens,
-                                 with_stream_usage)
+from serving.front.passthrough import VllmRequest, drop_usage_event, relay, usage_tokens, with_stream_usage
 from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.validation import VLLM_ONLY_FIELDS, needs_vllm
 
 CHAT_FIELDS = frozenset(ChatCompletionRequest.model_fields)
 TEXT_FIELDS = frozenset(CompletionRequest.model_fields)
@@ -60,7 +60,7 @@ def test_completion_bodies(body, vllm):
     ({"model": "m", "input": "x", "tools": []}, False),
 ])
 def test_embedding_bodies(body, vllm):
-    from serving.embeddings import EmbeddingRequest
+    from serving.protocol import EmbeddingRequest
 
     assert needs_vllm("embed", body, frozenset(EmbeddingRequest.model_fields)) is vllm
 
@@ -71,7 +71,7 @@ def test_the_field_lists_match_vllm():
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest as VText
     from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest as VEmbed
 
-    from serving.embeddings import EmbeddingRequest
+    from serving.protocol import EmbeddingRequest
 
     assert VLLM_ONLY_FIELDS["embed"] <= set(VEmbed.model_fields) - set(EmbeddingRequest.model_fields)
     assert VLLM_ONLY_FIELDS["chat"] <= set(VChat.model_fields) - CHAT_FIELDS

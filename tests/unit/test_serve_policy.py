@@ -2,7 +2,8 @@
 
 from types import SimpleNamespace
 
-from autoscale.serve_policy import FINISH, KV, RUNNING, STATE_KEY, WAITING, TidePolicy, stats_from_metrics
+from autoscale.controller import FINISH, KV, RUNNING, STATE_KEY, WAITING, stats_from_metrics
+from autoscale.serve_policy import TidePolicy
 
 
 def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None):
@@ -51,7 +52,7 @@ def test_replicas_still_starting_are_not_undone():
 
 
 def test_policy_measures_replica_start_and_keeps_it_in_state():
-    from autoscale.serve_policy import START_KEY
+    from autoscale.controller import START_KEY
 
     p = TidePolicy(min_replicas=1, max_replicas=2, replica_capacity=4, upscale_delay_s=0)
     busy = {WAITING: {"r0": 12.0}, RUNNING: {"r0": 4.0}}

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from autoscale.policy import Load, PolicyConfig
-from autoscale.serve_policy import step
+from autoscale.controller import step
 from autoscale.sim.policies import FleetView, ServeDefaultConfig, make_policy, serve_default
 
 

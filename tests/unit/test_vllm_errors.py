@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from serving.front.vllm_errors import error_type, named_field, openai_error_bytes
+from serving.vllm_errors import error_type, named_field, openai_error_bytes
 
 CONTEXT = ("This model's maximum context length is 1024 tokens. However, your prompt contains at least 1025 input "
            "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "

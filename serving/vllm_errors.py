@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from ..errors import error_body
+from .errors import error_body
 
 # where each route keeps its input (what a context-length or vocabulary error is about)
 INPUT_FIELD = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input",
