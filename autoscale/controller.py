@@ -40,4 +40,4 @@ def step(cfg: PolicyConfig, policy_state: dict[str, Any] | None, now: float, tar
     starts = track_start(prev.get(START_KEY), now, target, running)
     d = decide_load(now, target, load, cfg, prev.get(STATE_KEY), start_s=measured_start_s(starts))
     starts = track_start(starts, now, d.replicas, running)  # a start is timed from its decision
-    return d, {STATE_KEY: d.state, START_KEY: starts}
+    return d, {STATE_KEY: d.state.to_dict(), START_KEY: starts}

@@ -20,11 +20,11 @@ on that `Load`. `decide()` is both in one call (what Serve uses).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
+
+from .load import Action, Decision, LastDown, Load, PolicyState, ReplicaStats, demand_of, summarize
 
 FINISH_RATE_WINDOW_S = 10.0  # a replica's finish rate is over this long: recent enough to follow a crowd's start
 
@@ -92,69 +92,6 @@ class PolicyConfig(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class ReplicaStats:
-    """What one replica's engine reports. None for a replica that reported nothing (starting or dead)."""
-
-    waiting: float = 0.0
-    running: float = 0.0
-    kv_cache_usage: float = 0.0
-    finish_rate: float = 0.0  # requests per second its engine finished lately
-
-
-class Action(str, Enum):
-    UP = "scale_up"
-    DOWN = "scale_down"
-    HOLD = "hold"
-    ZERO = "scale_to_zero"
-    WAKE = "scale_from_zero"
-
-
-@dataclass(frozen=True)
-class Decision:
-    replicas: int
-    action: Action
-    reason: str
-    state: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Load:
-    """The fleet's load, summed over the replicas that reported: all the decision needs."""
-
-    demand: float = 0.0  # requests running + waiting in engines + queued before any engine
-    waiting: float = 0.0  # requests waiting in the engines' queues
-    reporting: int = 0  # replicas that reported stats
-    kv_sum: float = 0.0  # sum of the reporting replicas' KV-cache usage (0..1 each)
-    running: float = 0.0  # requests in the engines' batches (demand - running is the backlog)
-    finish_rate: float = 0.0  # requests per second the reporting replicas finish
-    full: int = 0  # reporting replicas with a queue of their own or before them (they finish at their best rate)
-    full_rate: float = 0.0  # requests per second those full replicas finish, summed
-
-    @property
-    def backlog(self) -> float:
-        """Requests not in any batch: waiting in engines' queues or before any engine."""
-        return max(self.demand - self.running, 0.0)
-
-
-def summarize(stats: Sequence[ReplicaStats | None], queued_outside: float = 0.0) -> Load:
-    """Per-replica stats -> one Load. Silent replicas (None: starting, dead) add nothing."""
-    live = [s for s in stats if s is not None]
-    waiting = sum(max(s.waiting, 0.0) for s in live)
-    running = sum(max(s.running, 0.0) for s in live)
-    kv = sum(min(max(s.kv_cache_usage, 0.0), 1.0) for s in live)
-    # Requests queued before any engine mean every replica holds all Serve sends it: all of them are full.
-    full = [max(s.finish_rate, 0.0) for s in live if s.waiting > 0 or queued_outside > 0]
-    return Load(running + waiting + max(queued_outside, 0.0), waiting, len(live), kv, running,
-                sum(max(s.finish_rate, 0.0) for s in live), len(full), sum(full))
-
-
-def demand_of(stats: Sequence[ReplicaStats | None], queued_outside: float) -> tuple[float, float, int]:
-    """(total demand in requests, total waiting, replicas that reported). Silent replicas add nothing."""
-    load = summarize(stats, queued_outside)
-    return load.demand, load.waiting, load.reporting
-
-
 def _smooth(prev: float | None, value: float, alpha: float) -> float:
     return value if prev is None else alpha * value + (1 - alpha) * prev
 
@@ -182,12 +119,15 @@ def step_up(current: int, cfg: PolicyConfig) -> int:
     return max(cfg.max_step_up, math.ceil(current * cfg.max_step_up_percent / 100 - 1e-9))
 
 
+State = PolicyState | Mapping[str, Any] | None
+
+
 def decide(
     now: float,
     current: int,
     stats: Sequence[ReplicaStats | None],
     cfg: PolicyConfig,
-    state: Mapping[str, Any] | None = None,
+    state: State = None,
     queued_outside: float = 0.0,
     start_s: float | None = None,
 ) -> Decision:
@@ -195,49 +135,63 @@ def decide(
     return decide_load(now, current, summarize(stats, queued_outside), cfg, state, start_s)
 
 
-def decide_load(
-    now: float,
-    current: int,
-    load: Load,
-    cfg: PolicyConfig,
-    state: Mapping[str, Any] | None = None,
-    start_s: float | None = None,
-) -> Decision:
-    """`decide()` on an already summarised Load. `start_s`: measured replica start time (None: the config's)."""
-    st = dict(state or {})
-    demand, waiting, reporting = load.demand, load.waiting, load.reporting
-    last_t = st.get("t")
-    dt = max(now - last_t, 1e-6) if last_t is not None else None
-    smoothed = _smooth(st.get("ewma"), demand, cfg.smoothing)
-    # Trend of the smoothed demand, smoothed again (slowly): noise averages out, a real ramp persists.
-    # Its memory is at least half a replica start: the trend is multiplied by the start time, so a longer
-    # start needs a steadier trend (else Poisson noise x a 3-minute start reads as a ramp and flaps).
+def decide_load(now: float, current: int, load: Load, cfg: PolicyConfig, state: State = None,
+                start_s: float | None = None) -> Decision:
+    """`decide()` on an already summarised Load. `start_s`: measured replica start time (None: the config's).
+    The named steps in order; the first that decides, decides."""
+    st = PolicyState.of(state)
     start_s = cfg.replica_start_s if start_s is None else start_s
-    slope = 0.0 if dt is None or st.get("ewma") is None else (smoothed - st["ewma"]) / dt
-    trend = _smooth(st.get("trend"), slope, min(cfg.smoothing / 3, (dt or 1.0) / max(start_s / 2, 1.0)))
+    trend = observe(st, now, load.demand, start_s, cfg)
+    outcome = (out_of_bounds(current, cfg) or from_zero(current, load.demand, cfg)
+               or scale_up(st, now, current, load, trend, start_s, cfg) or to_zero(st, now, load.demand, cfg)
+               or scale_down(st, now, current, load, cfg))
+    n, action, reason = outcome
+    n = max(cfg.min_replicas, min(cfg.max_replicas, n))
+    if action in (Action.UP, Action.WAKE, Action.DOWN, Action.ZERO) and n != current:
+        st.up_since = st.down_since = None
+    return Decision(n, action if n != current else Action.HOLD, reason, st)
+
+
+Outcome = tuple[int, Action, str]  # replicas, action, reason (bounds applied by decide_load)
+
+
+def observe(st: PolicyState, now: float, demand: float, start_s: float, cfg: PolicyConfig) -> float:
+    """Smooth the demand and its trend into `st`; returns the trend (requests/s). The trend is smoothed again,
+    slowly: noise averages out, a real ramp persists. Its memory is at least half a replica start: the trend is
+    multiplied by the start time, so a longer start needs a steadier trend (else Poisson noise x a 3-minute start
+    reads as a ramp and flaps)."""
+    dt = max(now - st.t, 1e-6) if st.t is not None else None
+    smoothed = _smooth(st.ewma, demand, cfg.smoothing)
+    slope = 0.0 if dt is None or st.ewma is None else (smoothed - st.ewma) / dt
+    trend = _smooth(st.trend, slope, min(cfg.smoothing / 3, (dt or 1.0) / max(start_s / 2, 1.0)))
     if demand > 0:
-        st["last_busy"] = now
-    st.update({"t": now, "demand": demand, "ewma": smoothed, "trend": trend})
+        st.last_busy = now
+    st.t, st.demand, st.ewma, st.trend = now, demand, smoothed, trend
+    return trend
 
-    def out(n: int, action: Action, reason: str) -> Decision:
-        n = max(cfg.min_replicas, min(cfg.max_replicas, n))
-        if action in (Action.UP, Action.WAKE, Action.DOWN, Action.ZERO) and n != current:
-            st.pop("up_since", None)
-            st.pop("down_since", None)
-        return Decision(n, action if n != current else Action.HOLD, reason, st)
 
+def out_of_bounds(current: int, cfg: PolicyConfig) -> Outcome | None:
     if current < cfg.min_replicas:
-        return out(cfg.min_replicas, Action.UP, f"below min_replicas ({cfg.min_replicas})")
+        return cfg.min_replicas, Action.UP, f"below min_replicas ({cfg.min_replicas})"
     if current > cfg.max_replicas:
-        return out(cfg.max_replicas, Action.DOWN, f"above max_replicas ({cfg.max_replicas})")
+        return cfg.max_replicas, Action.DOWN, f"above max_replicas ({cfg.max_replicas})"
+    return None
 
-    # From zero: any request waiting anywhere wakes the model at once (the cold start is the delay).
-    if current == 0:
-        if demand > 0:
-            return out(max(1, replicas_for(demand, cfg)), Action.WAKE, f"{demand:.0f} request(s) waiting at zero")
-        return out(0, Action.HOLD, "idle at zero")
 
-    # Scale-up: queue pressure or capacity shortfall on demand projected one replica start ahead.
+def from_zero(current: int, demand: float, cfg: PolicyConfig) -> Outcome | None:
+    """At zero, any request waiting anywhere wakes the model at once (the cold start is the delay)."""
+    if current != 0:
+        return None
+    if demand > 0:
+        return max(1, replicas_for(demand, cfg)), Action.WAKE, f"{demand:.0f} request(s) waiting at zero"
+    return 0, Action.HOLD, "idle at zero"
+
+
+def scale_up(st: PolicyState, now: float, current: int, load: Load, trend: float, start_s: float,
+             cfg: PolicyConfig) -> Outcome | None:
+    """Queue pressure or capacity shortfall on demand projected one replica start ahead, held for
+    upscale_delay_s; a backlog is sized to drain in time (drain_need), KV pressure to bring usage back down."""
+    demand, waiting, reporting = load.demand, load.waiting, load.reporting
     projected = demand + min(max(trend, 0.0) * start_s, demand)  # look ahead, at most doubling
     need = replicas_for(projected, cfg)
     drain = drain_need(load, trend, start_s, cfg)
@@ -249,46 +203,58 @@ def decide_load(
     if kv_hot:  # enough replicas to bring the mean KV usage back to kv_cache_high
         need = max(need, math.ceil(load.kv_sum / cfg.kv_cache_high - 1e-9))
     pressured = queue_per_replica > cfg.target_waiting_per_replica or need > current or kv_hot
-    if pressured and need > current:
-        since = st.setdefault("up_since", now)
-        if now - since >= cfg.upscale_delay_s:
-            target = min(need, current + step_up(current, cfg))
-            _learn_from_reversal(st, now, current, target, start_s, cfg)
-            return out(target, Action.UP, f"demand {demand:.0f} (projected {projected:.0f} in {start_s:.0f}s), "
-                                          f"{queue_per_replica:.1f} waiting/replica, KV {kv_mean:.0%} -> {target} replicas")
-        st.pop("down_since", None)
-        return out(current, Action.HOLD, f"pressure for {now - since:.1f}s < upscale_delay_s")
-    st.pop("up_since", None)
+    if not (pressured and need > current):
+        st.up_since = None
+        return None
+    if st.up_since is None:
+        st.up_since = now
+    if now - st.up_since >= cfg.upscale_delay_s:
+        target = min(need, current + step_up(current, cfg))
+        learn_from_reversal(st, now, current, target, start_s, cfg)
+        return target, Action.UP, (f"demand {demand:.0f} (projected {projected:.0f} in {start_s:.0f}s), "
+                                   f"{queue_per_replica:.1f} waiting/replica, KV {kv_mean:.0%} -> {target} replicas")
+    st.down_since = None
+    return current, Action.HOLD, f"pressure for {now - st.up_since:.1f}s < upscale_delay_s"
 
-    # Scale to zero: nothing at all for scale_to_zero_idle_s.
-    if cfg.min_replicas == 0 and demand == 0:
-        st.setdefault("first_seen", now)
-        idle = now - st.get("last_busy", st["first_seen"])
-        if idle >= cfg.scale_to_zero_idle_s:
-            st.pop("last_down", None)  # waking from zero later is no verdict on that scale-down
-            return out(0, Action.ZERO, f"idle for {idle:.0f}s")
 
-    # Scale-down: smoothed demand fits in one replica fewer at downscale_utilization, for long enough. Where a
-    # reversed scale-down measured what one replica fewer could not hold, stay below target_utilization of that.
-    peak = max(smoothed, demand)
+def to_zero(st: PolicyState, now: float, demand: float, cfg: PolicyConfig) -> Outcome | None:
+    """With min_replicas 0: nothing at all for scale_to_zero_idle_s."""
+    if cfg.min_replicas != 0 or demand != 0:
+        return None
+    if st.first_seen is None:
+        st.first_seen = now
+    idle = now - (st.last_busy if st.last_busy is not None else st.first_seen)
+    if idle < cfg.scale_to_zero_idle_s:
+        return None
+    st.last_down = None  # waking from zero later is no verdict on that scale-down
+    return 0, Action.ZERO, f"idle for {idle:.0f}s"
+
+
+def scale_down(st: PolicyState, now: float, current: int, load: Load, cfg: PolicyConfig) -> Outcome:
+    """The smoothed demand fits in one replica fewer at downscale_utilization, for downscale_delay_s. Where a
+    reversed scale-down measured what one replica fewer could not hold, stay below target_utilization of that.
+    Else hold."""
+    smoothed = st.ewma if st.ewma is not None else load.demand
+    peak = max(smoothed, load.demand)
+    kv_hot = (load.kv_sum / load.reporting if load.reporting else 0.0) > cfg.kv_cache_high
     configured = (current - 1) * cfg.replica_capacity * cfg.downscale_utilization
-    learned = (st.get("overflowed") or {}).get(str(current - 1))
+    learned = st.overflowed.get(str(current - 1))
     limit = configured if learned is None else min(configured, learned * cfg.target_utilization)
-    fits = peak <= limit and not kv_hot
-    if current > max(cfg.min_replicas, 1) and fits:
-        since = st.setdefault("down_since", now)
-        if now - since >= cfg.downscale_delay_s:
-            st["last_down"] = [now, current, peak]
-            return out(current - 1, Action.DOWN, f"demand {smoothed:.1f} fits in {current - 1} replica(s) "
-                                                 f"for {now - since:.0f}s")
-        return out(current, Action.HOLD, f"low demand for {now - since:.0f}s < downscale_delay_s")
-    st.pop("down_since", None)
+    if current > max(cfg.min_replicas, 1) and peak <= limit and not kv_hot:
+        if st.down_since is None:
+            st.down_since = now
+        if now - st.down_since >= cfg.downscale_delay_s:
+            st.last_down = LastDown(now, current, peak)
+            return current - 1, Action.DOWN, (f"demand {smoothed:.1f} fits in {current - 1} replica(s) "
+                                              f"for {now - st.down_since:.0f}s")
+        return current, Action.HOLD, f"low demand for {now - st.down_since:.0f}s < downscale_delay_s"
+    st.down_since = None
     why = "" if limit == configured else f"; demand {learned:.0f} overflowed {current - 1} replica(s) before"
-    return out(current, Action.HOLD, f"demand {demand:.0f} within {current} replica(s){why}")
+    return current, Action.HOLD, f"demand {load.demand:.0f} within {current} replica(s){why}"
 
 
-def _learn_from_reversal(st: dict[str, Any], now: float, current: int, target: int, start_s: float,
-                         cfg: PolicyConfig) -> None:
+def learn_from_reversal(st: PolicyState, now: float, current: int, target: int, start_s: float,
+                        cfg: PolicyConfig) -> None:
     """A scale-up that undoes the last scale-down within one replica start proves that scale-down wrong.
 
     Why: the scale-down test assumes demand (requests in flight) stays the same when a replica goes, so that
@@ -313,13 +279,15 @@ def _learn_from_reversal(st: dict[str, Any], now: float, current: int, target: i
     Only a marginal scale-down teaches: one taken at no less than half the configured limit, straight back up
     from the size it went to. A scale-down taken while (nearly) idle that a new burst undoes says nothing about
     what n - 1 replicas hold; learning from it would pin a limit near zero for good."""
-    last = st.get("last_down")
-    if last is None or current >= last[1] or target < last[1] or now - last[0] > start_s:
+    last = st.last_down
+    if last is None or current >= last.replicas or target < last.replicas or now - last.at > start_s:
         return
-    st.pop("last_down", None)
-    n = int(last[1])
-    if current != n - 1 or last[2] < 0.5 * (n - 1) * cfg.replica_capacity * cfg.downscale_utilization:
+    st.last_down = None
+    n = last.replicas
+    if current != n - 1 or last.peak < 0.5 * (n - 1) * cfg.replica_capacity * cfg.downscale_utilization:
         return
-    overflowed = dict(st.get("overflowed") or {})
-    overflowed[str(int(last[1]) - 1)] = float(last[2])
-    st["overflowed"] = overflowed
+    st.overflowed = {**st.overflowed, str(n - 1): float(last.peak)}
+
+
+__all__ = ["Action", "Decision", "LastDown", "Load", "PolicyConfig", "PolicyState", "ReplicaStats", "decide",
+           "decide_load", "demand_of", "drain_need", "replicas_for", "step_up", "summarize"]

@@ -337,7 +337,7 @@ def test_a_scale_down_that_had_to_be_undone_is_not_repeated():
     cfg = PolicyConfig(min_replicas=1, max_replicas=8, replica_capacity=256)
     target, downs_to_one, state = _saturating_fleet(cfg, 3600)
     assert downs_to_one == 1  # learned once, not every few minutes
-    assert target == 2 and state["overflowed"] == {"1": pytest.approx(100.0)}
+    assert target == 2 and state.overflowed == {"1": pytest.approx(100.0)}
 
 
 def test_a_scale_down_followed_by_a_late_ramp_teaches_nothing():
@@ -346,11 +346,11 @@ def test_a_scale_down_followed_by_a_late_ramp_teaches_nothing():
     for t in range(200):  # 60 requests: 2 -> 1 after downscale_delay_s
         d = decide_load(float(t), n, Load(demand=60.0, reporting=n), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
-    assert n == 1 and "last_down" in state
+    assert n == 1 and state.last_down is not None and state.last_down.replicas == 2
     for t in range(200, 400):  # a real ramp long after (more than a start later): no lesson
         d = decide_load(float(t), n, Load(demand=60.0 + 3 * (t - 200), reporting=n), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
-    assert n >= 2 and not state.get("overflowed")
+    assert n >= 2 and not state.overflowed
 
 
 def test_an_idle_scale_down_undone_by_a_new_burst_teaches_nothing():
@@ -363,7 +363,7 @@ def test_an_idle_scale_down_undone_by_a_new_burst_teaches_nothing():
     assert n == 1
     d = decide_load(41.0, n, Load(demand=60.0, reporting=n), cfg, state, start_s=90.0)  # burst: back up
     state, n = d.state, d.replicas
-    assert n > 1 and not state.get("overflowed")
+    assert n > 1 and not state.overflowed
     for t in range(42, 400):  # the burst ends: the fleet may go down again as configured
         d = decide_load(float(t), n, Load(demand=5.0, reporting=n), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
@@ -377,7 +377,7 @@ def test_scale_to_zero_forgets_the_last_scale_down():
     for t in range(60):
         d = decide_load(float(t), n, Load(demand=0.0, reporting=max(n, 1)), cfg, state, start_s=90.0)
         state, n = d.state, d.replicas
-    assert n == 0 and "last_down" not in state
+    assert n == 0 and state.last_down is None
 
 
 DRAIN = CFG.model_copy(update={"backlog_drain_s": 60, "max_replicas": 100})
@@ -437,3 +437,77 @@ def test_requests_queued_before_the_engines_make_every_replica_full():
     assert summarize(stats).full == 0
     load = summarize(stats, queued_outside=30)
     assert (load.full, load.full_rate, load.backlog) == (2, 9.0, 30.0)
+
+
+# ---- the named steps of decide_load, one by one ----------------------------------------------------------------
+
+def test_the_state_round_trips_through_the_dict_serve_keeps():
+    from autoscale.policy import LastDown, PolicyState
+
+    st = PolicyState(t=5.0, demand=3.0, ewma=2.5, trend=0.1, last_busy=4.0, up_since=1.0,
+                     last_down=LastDown(at=2.0, replicas=3, peak=40.0), overflowed={"2": 40.0})
+    back = PolicyState.of(st.to_dict())
+    assert back == st and back is not st and back.overflowed is not st.overflowed
+    assert PolicyState.of(None) == PolicyState() and PolicyState.of(st) == st
+    # the decision's state is a copy: deciding again from it never changes the state it came from
+    d = decide_load(6.0, 3, Load(demand=100, reporting=3), CFG, st)
+    assert st.t == 5.0 and d.state.t == 6.0
+
+
+def test_observe_smooths_demand_and_its_trend():
+    from autoscale.policy import PolicyState, observe
+
+    st = PolicyState()
+    assert observe(st, 0.0, 10.0, 10.0, CFG) == 0.0 and (st.ewma, st.t, st.last_busy) == (10.0, 0.0, 0.0)
+    trend = observe(st, 1.0, 20.0, 10.0, CFG)  # ewma 15 (smoothing 0.5): +5/s, into the trend at min(0.5/3, 1/5)
+    assert st.ewma == 15.0 and trend == pytest.approx(5.0 / 6)
+    assert observe(st, 2.0, 0.0, 10.0, CFG) < trend and st.last_busy == 1.0  # idle: last_busy stays
+
+
+def test_out_of_bounds_and_from_zero():
+    from autoscale.policy import from_zero, out_of_bounds
+
+    assert out_of_bounds(0, CFG)[:2] == (1, Action.UP) and out_of_bounds(9, CFG)[:2] == (8, Action.DOWN)
+    assert out_of_bounds(3, CFG) is None
+    assert from_zero(2, 5.0, CFG) is None
+    assert from_zero(0, 0.0, CFG)[:2] == (0, Action.HOLD)
+    assert from_zero(0, 25.0, CFG)[:2] == (4, Action.WAKE)  # ceil(25 / 8)
+
+
+def test_scale_up_waits_for_the_delay_then_steps():
+    from autoscale.policy import PolicyState, scale_up
+
+    st, busy = PolicyState(down_since=0.0), Load(demand=60, waiting=40, reporting=1)
+    assert scale_up(st, 10.0, 1, busy, 0.0, 10.0, CFG)[1:] == (Action.HOLD, "pressure for 0.0s < upscale_delay_s")
+    assert st.up_since == 10.0 and st.down_since is None
+    n, action, _ = scale_up(st, 12.0, 1, busy, 0.0, 10.0, CFG)
+    assert (n, action) == (5, Action.UP)  # need 8 (60 / 8), at most 1 + 4 at once
+    assert scale_up(st, 13.0, 8, Load(demand=20, reporting=8), 0.0, 10.0, CFG) is None and st.up_since is None
+
+
+def test_to_zero_counts_idle_time_from_the_last_busy_moment():
+    from autoscale.policy import LastDown, PolicyState, to_zero
+
+    zero = CFG.model_copy(update={"min_replicas": 0, "scale_to_zero_idle_s": 30})
+    assert to_zero(PolicyState(), 5.0, 0.0, CFG) is None  # min_replicas 1: never
+    assert to_zero(PolicyState(), 5.0, 2.0, zero) is None  # busy
+    st = PolicyState(last_busy=10.0, last_down=LastDown(1.0, 2, 5.0))
+    assert to_zero(st, 39.0, 0.0, zero) is None and st.first_seen == 39.0
+    assert to_zero(st, 40.0, 0.0, zero)[:2] == (0, Action.ZERO) and st.last_down is None
+    never_busy = PolicyState()
+    assert to_zero(never_busy, 100.0, 0.0, zero) is None and to_zero(never_busy, 130.0, 0.0, zero)[1] == Action.ZERO
+
+
+def test_scale_down_after_the_delay_and_below_a_learned_limit():
+    from autoscale.policy import PolicyState, scale_down
+
+    st = PolicyState(ewma=9.0)
+    low = Load(demand=9.0, reporting=3)  # fits in 2 x 10 x 0.5 = 10
+    assert scale_down(st, 0.0, 3, low, CFG)[1] == Action.HOLD and st.down_since == 0.0
+    n, action, _ = scale_down(st, 30.0, 3, low, CFG)
+    assert (n, action) == (2, Action.DOWN) and (st.last_down.replicas, st.last_down.peak) == (3, 9.0)
+    learned = PolicyState(ewma=9.0, down_since=0.0, overflowed={"2": 10.0})  # 2 replicas overflowed at 10
+    n, action, reason = scale_down(learned, 30.0, 3, low, CFG)  # 9 > 0.8 x 10: stays at 3
+    assert (n, action) == (3, Action.HOLD) and "overflowed 2 replica(s)" in reason and learned.down_since is None
+    hot = Load(demand=9.0, reporting=3, kv_sum=2.9)  # KV 97% > 90%: never down
+    assert scale_down(PolicyState(ewma=9.0, down_since=0.0), 30.0, 3, hot, CFG)[:2] == (3, Action.HOLD)
