@@ -1,5 +1,5 @@
 """Serve's custom autoscaling hook, calling Tide's pure controller step (autoscale/controller.py). Thin: read
-the context, decide, log, export, return.
+the context, decide, log, tell the stats hub, return.
 
 Serve instantiates `TidePolicy(**policy_kwargs)` once per deployment in its controller and calls it every
 control-loop tick with an AutoscalingContext. Replicas feed `aggregated_metrics` through their
@@ -14,36 +14,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .controller import stats_from_metrics, step
-from .policy import Action, PolicyConfig, ReplicaStats, summarize
+from .policy import Action, PolicyConfig, summarize
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
 logger = logging.getLogger("ray.serve")
-
-class _Metrics:
-    """Prometheus metrics through Ray's own pipeline (scraped from each node's metrics export port, like
-    every Ray/Serve metric). Created lazily: only inside a Ray worker (the Serve controller)."""
-
-    def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge
-
-        keys = ("model",)
-        self.desired = Gauge("tide_autoscaler_desired_replicas", "Replicas Tide's policy asks for.", tag_keys=keys)
-        self.running = Gauge("tide_autoscaler_running_replicas", "Replicas serving.", tag_keys=keys)
-        self.waiting = Gauge("tide_engine_waiting_requests", "Requests waiting in the engines' queues.", tag_keys=keys)
-        self.active = Gauge("tide_engine_running_requests", "Requests in the engines' batches.", tag_keys=keys)
-        self.decisions = Counter("tide_autoscaler_decisions_total", "Scaling decisions that changed the target.",
-                                 tag_keys=("model", "action"))
-
-    def record(self, model: str, desired: int, running: int, waiting: float, active: float, action: str) -> None:
-        tags = {"model": model}
-        self.desired.set(desired, tags)
-        self.running.set(running, tags)
-        self.waiting.set(waiting, tags)
-        self.active.set(active, tags)
-        if action != Action.HOLD.value:
-            self.decisions.inc(1, {"model": model, "action": action})
 
 
 class TidePolicy:
@@ -51,24 +27,20 @@ class TidePolicy:
 
     def __init__(self, **kwargs: Any):
         self.cfg = PolicyConfig(**kwargs)
-        self._metrics: _Metrics | None = None
 
-    def _export(self, ctx: "AutoscalingContext", d: Any, stats: list[ReplicaStats | None]) -> None:
+    def _export(self, ctx: "AutoscalingContext", d: Any) -> None:
+        """The decision to the stats hub: `/metrics` (tide_replicas_desired, tide_autoscaler_decisions_total) and
+        the status pages read it there, the one pipeline for Tide's numbers."""
         try:
             import ray
 
             if not ray.is_initialized():
                 return
-            if self._metrics is None:
-                self._metrics = _Metrics()
-            live = [s for s in stats if s is not None]
-            self._metrics.record(ctx.deployment_name, d.replicas, ctx.current_num_replicas,
-                                 sum(s.waiting for s in live), sum(s.running for s in live), d.action.value)
-            from serving.hub import publish_decision  # the live status pages and /metrics read it there
+            from serving.hub import publish_decision
 
             publish_decision(ctx.deployment_name, d.replicas, ctx.current_num_replicas, d.action.value, d.reason)
-        except Exception:  # metrics must never break scaling
-            logger.debug("tide autoscaler metrics export failed", exc_info=True)
+        except Exception:  # reporting must never break scaling
+            logger.debug("tide autoscaler decision export failed", exc_info=True)
 
     def __call__(self, ctx: "AutoscalingContext") -> tuple[int, dict[str, Any]]:
         stats = stats_from_metrics(ctx.aggregated_metrics, list(ctx.running_replicas))
@@ -82,5 +54,5 @@ class TidePolicy:
         if d.action != Action.HOLD:
             logger.info("tide autoscaler %s/%s: %s %d -> %d (%s; %d running)", ctx.app_name, ctx.deployment_name,
                         d.action.value, target, d.replicas, d.reason, ctx.current_num_replicas)
-        self._export(ctx, d, stats)
+        self._export(ctx, d)
         return d.replicas, state

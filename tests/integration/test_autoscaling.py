@@ -138,27 +138,18 @@ def test_fixed_model_is_not_autoscaled():
     assert running_replicas("tiny") == 1
 
 
-def test_autoscaler_exports_its_decisions_as_prometheus_metrics():
-    """Desired/running replicas and engine queue depth per model, through Ray's metrics pipeline."""
-    import urllib.request
-
-    import ray
+def test_autoscaler_decisions_reach_tides_metrics(tide_url):
+    """The policy's target and its decisions per model, on the one `/metrics` Tide serves (the stats hub's
+    pipeline, the same the status pages read)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    port = ray.nodes()[0]["MetricsExportPort"]
-
     def scrape() -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if "tide_" in s.name and s.labels.get("model") == "model-tiny-auto":
-                    out[s.name.removeprefix("ray_")] = s.value
-        return out
+        text = httpx.get(f"{tide_url}/metrics", timeout=10).text
+        return {(s.name, s.labels.get("action")): s.value for fam in text_string_to_metric_families(text)
+                for s in fam.samples if s.labels.get("model_name") == "tiny-auto" and s.name.startswith("tide_")}
 
     found: dict = {}
-    assert wait_for(lambda: found.update(scrape()) or "tide_autoscaler_desired_replicas" in found, 60), found
-    assert found["tide_autoscaler_desired_replicas"] >= 1 and "tide_engine_waiting_requests" in found
+    assert wait_for(lambda: found.update(scrape()) or ("tide_replicas_desired", None) in found, 60), found
+    assert found[("tide_replicas_desired", None)] >= 1 and found[("tide_replicas_running", None)] >= 1
     # the burst test above made at least one scale-up and one scale-down decision
-    assert any(k.startswith("tide_autoscaler_decisions") for k in found)
+    assert found.get(("tide_autoscaler_decisions_total", "scale_up"), 0) >= 1, found
