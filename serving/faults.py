@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 
-from .errors import TideError, bad_request
+from .errors import ENGINE_DEAD, TideError, bad_request
 
 TIMEOUT_HEADER = "x-request-timeout"
 
 # Errors that mean "the replica (or its actor) went away", not "your request is bad".
-_REPLICA_GONE = {"ActorDiedError", "ActorUnavailableError", "RayActorError", "EngineDeadError",
+REPLICA_GONE = {"ActorDiedError", "ActorUnavailableError", "RayActorError", "EngineDeadError",
                  "DeploymentUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError"}
 
 
@@ -44,7 +44,7 @@ def _chain(exc: BaseException | None):
 def replica_gone(exc: BaseException) -> bool:
     """True when the error says the replica or its engine died (retry elsewhere), False otherwise."""
     for e in _chain(exc):
-        if type(e).__name__ in _REPLICA_GONE:
+        if type(e).__name__ in REPLICA_GONE:
             return True
         if isinstance(e, TideError):
             return e.code == "engine_dead"
@@ -57,7 +57,7 @@ def engine_died(exc: BaseException) -> bool:
     for e in _chain(exc):
         if isinstance(e, TideError):
             return e.code == "engine_dead"
-        if type(e).__name__ == "EngineDeadError":
+        if type(e).__name__ == ENGINE_DEAD:
             return True
     return False
 

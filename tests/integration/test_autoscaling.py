@@ -69,8 +69,19 @@ async def _follow_up_elsewhere(url: str, first: dict, holder: str, limit_s: floa
     return served
 
 
+def _tide_metrics(url: str, model: str) -> dict:
+    """Tide's own samples for `model` on `/metrics` (the stats hub's pipeline, the one the status pages read),
+    by (name, action label)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(s.name, s.labels.get("action")): s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples if s.labels.get("model_name") == model and s.name.startswith("tide_")}
+
+
 def test_burst_scales_up_then_back_down_with_no_failed_request(tide_url):
     assert running_replicas("tiny-auto") == 1
+    before = _tide_metrics(tide_url, "tiny-auto")
 
     async def scenario():
         first, holder = await _store_response(tide_url)
@@ -91,6 +102,12 @@ def test_burst_scales_up_then_back_down_with_no_failed_request(tide_url):
     assert set(served_by) - {holder}, f"no follow-up reached a replica other than {holder}: {served_by}"
     assert errors == [] and ok > 0
     assert wait_for(lambda: running_replicas("tiny-auto") == 1, 120), "did not scale back to min_replicas"
+    # Both decisions reached /metrics, and the target with them.
+    after: dict = {}
+    count = lambda m, action: m.get(("tide_autoscaler_decisions_total", action), 0)  # noqa: E731
+    assert wait_for(lambda: after.update(_tide_metrics(tide_url, "tiny-auto")) or (
+        count(after, "scale_down") > count(before, "scale_down")), 30), (before, after)
+    assert count(after, "scale_up") > count(before, "scale_up") and after[("tide_replicas_desired", None)] == 1
 
 
 def test_scale_to_zero_holds_requests_with_heartbeats_caps_them_and_answers(client, tide_url):
@@ -136,20 +153,3 @@ def test_scale_to_zero_holds_requests_with_heartbeats_caps_them_and_answers(clie
 
 def test_fixed_model_is_not_autoscaled():
     assert running_replicas("tiny") == 1
-
-
-def test_autoscaler_decisions_reach_tides_metrics(tide_url):
-    """The policy's target and its decisions per model, on the one `/metrics` Tide serves (the stats hub's
-    pipeline, the same the status pages read)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    def scrape() -> dict:
-        text = httpx.get(f"{tide_url}/metrics", timeout=10).text
-        return {(s.name, s.labels.get("action")): s.value for fam in text_string_to_metric_families(text)
-                for s in fam.samples if s.labels.get("model_name") == "tiny-auto" and s.name.startswith("tide_")}
-
-    found: dict = {}
-    assert wait_for(lambda: found.update(scrape()) or ("tide_replicas_desired", None) in found, 60), found
-    assert found[("tide_replicas_desired", None)] >= 1 and found[("tide_replicas_running", None)] >= 1
-    # the burst test above made at least one scale-up and one scale-down decision
-    assert found.get(("tide_autoscaler_decisions_total", "scale_up"), 0) >= 1, found

@@ -42,27 +42,52 @@ def test_json_error_is_400():
     assert to_error(e.value).status == 400
 
 
-class RayTaskError_Fake(Exception):  # mimics Ray's dynamically named RayTaskError(Cause) wrapper
-    def __init__(self, cause):
-        super().__init__("wrapped")
-        self.cause = cause
-
-
-RayTaskError_Fake.__name__ = "RayTaskError(TideError)"
-
-
 def test_ray_wrapper_is_unwrapped():
-    assert to_error(RayTaskError_Fake(model_not_found("x"))).status == 404
+    from ray.exceptions import RayTaskError
+
+    wrapped = RayTaskError("openai", "traceback", model_not_found("x")).as_instanceof_cause()
+    assert type(wrapped).__name__ == "RayTaskError(TideError)" and to_error(wrapped).status == 404
 
 
-@pytest.mark.parametrize(
-    "name, status",
-    [("EngineDeadError", 503), ("VLLMValidationError", 400), ("DeploymentUnavailableError", 503),
-     ("TimeoutError", 504)],
-)
-def test_known_foreign_errors(name, status):
-    exc = type(name, (Exception,), {})("boom")
-    assert to_error(exc).status == status
+def _upstream_classes() -> dict[str, type]:
+    """Exception classes of the installed Ray, Ray Serve and vLLM (and the builtins), by name."""
+    import builtins
+
+    import ray.exceptions
+    import ray.serve.exceptions
+
+    vllm_exceptions = pytest.importorskip("vllm.exceptions")
+    vllm_engine = pytest.importorskip("vllm.v1.engine.exceptions")
+    out = {}
+    for module in (builtins, ray.exceptions, ray.serve.exceptions, vllm_exceptions, vllm_engine):
+        out.update({n: c for n, c in vars(module).items() if isinstance(c, type) and issubclass(c, BaseException)})
+    return out
+
+
+def test_every_upstream_name_tide_matches_is_a_real_class():
+    """Tide matches these by name (the ingress never imports vLLM): an upstream rename must fail here."""
+    from serving.errors import ENGINE_DEAD, TIMEOUTS, UNAVAILABLE, VLLM_BAD_REQUEST
+    from serving.faults import REPLICA_GONE
+
+    known = _upstream_classes()
+    names = VLLM_BAD_REQUEST | UNAVAILABLE | TIMEOUTS | REPLICA_GONE | {ENGINE_DEAD}
+    assert not names - set(known), sorted(names - set(known))
+
+
+def test_known_foreign_errors_map_by_their_real_classes():
+    from ray.exceptions import ActorDiedError
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    vllm_exceptions = pytest.importorskip("vllm.exceptions")
+    vllm_engine = pytest.importorskip("vllm.v1.engine.exceptions")
+    bad = to_error(vllm_exceptions.VLLMValidationError("n must be 1", parameter="n"))
+    assert (bad.status, bad.param) == (400, "n")
+    assert to_error(vllm_engine.EngineDeadError()).status == 503
+    assert to_error(DeploymentUnavailableError(DeploymentID(name="model-x", app_name="tide"))).status == 503
+    assert to_error(BackPressureError(num_queued_requests=5, max_queued_requests=4)).status == 503
+    assert to_error(ActorDiedError()).status == 503
+    assert to_error(TimeoutError("slow")).status == 504
 
 
 def test_unknown_error_is_sanitized_500():

@@ -214,7 +214,11 @@ def test_unknown_queue_is_probed_and_silent_replica_left_out():
         reps = [FakeReplica("a", queue=1), FakeReplica("b", queue=None)]
         router = make_router(reps)
         router.queue_len_response_deadline_s = router.max_queue_len_response_deadline_s = 0.01
-        await asyncio.sleep(0.05)
+        for _ in range(200):  # until the background probes of the new replicas have run (not a fixed sleep)
+            if all(r.probed for r in reps):
+                break
+            await asyncio.sleep(0.01)
+        assert all(r.probed for r in reps)
         router.replica_queue_len_cache.invalidate_key(reps[0].replica_id)
         out = await router.choose_replicas(reps, pending("completion", CompletionRequest(model="t", prompt="x" * 200)))
         assert out[0] == [reps[0]] and reps[0].probed >= 2

@@ -1,25 +1,38 @@
-"""The Serve glue around the pure policy, with a stand-in AutoscalingContext (no Ray)."""
+"""The Serve glue around the pure policy, on Ray Serve's own AutoscalingContext (no Ray running): a field Serve
+renames or retypes fails here, not in a cluster."""
 
-from types import SimpleNamespace
+from ray.serve._private.common import DeploymentID, ReplicaID
+from ray.serve.config import AutoscalingContext
 
 from autoscale.controller import FINISH, KV, RUNNING, STATE_KEY, WAITING, stats_from_metrics
 from autoscale.serve_policy import TidePolicy
 
+DEPLOYMENT = DeploymentID(name="model-x", app_name="tide")
 
-def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None):
-    replicas = [f"r{i}" for i in range(n)]
-    return SimpleNamespace(aggregated_metrics=metrics, running_replicas=replicas, total_num_requests=total,
-                           policy_state=state or {}, current_time=now, current_num_replicas=n,
-                           target_num_replicas=n if target is None else target,
-                           app_name="tide", deployment_name="model-x")
+
+def rid(name: str) -> ReplicaID:
+    return ReplicaID(unique_id=name, deployment_id=DEPLOYMENT)
+
+
+def ctx(n, metrics, total=0.0, state=None, now=100.0, target=None) -> AutoscalingContext:
+    """Serve's context for `n` running replicas r0..r{n-1}; `metrics` {name: {"r0": value}} as Serve aggregates
+    them (keyed by ReplicaID)."""
+    return AutoscalingContext(
+        deployment_id=DEPLOYMENT, deployment_name=DEPLOYMENT.name, app_name=DEPLOYMENT.app_name,
+        current_num_replicas=n, target_num_replicas=n if target is None else target,
+        running_replicas=[rid(f"r{i}") for i in range(n)], total_num_requests=total, total_queued_requests=None,
+        aggregated_metrics={k: {rid(r): v for r, v in per.items()} for k, per in metrics.items()},
+        raw_metrics=None, capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=n + 8,
+        policy_state=state or {}, last_scale_up_time=None, last_scale_down_time=None, current_time=now,
+        config=None)
 
 
 def test_stats_from_metrics_marks_silent_replicas():
-    m = {WAITING: {"r0": 3.0}, RUNNING: {"r0": 5.0}, KV: {"r0": 0.5}, FINISH: {"r0": 2.5}}
-    s = stats_from_metrics(m, ["r0", "r1"])
+    c = ctx(2, {WAITING: {"r0": 3.0}, RUNNING: {"r0": 5.0}, KV: {"r0": 0.5}, FINISH: {"r0": 2.5}})
+    s = stats_from_metrics(c.aggregated_metrics, list(c.running_replicas))
     assert s[0].waiting == 3 and s[0].running == 5 and s[0].kv_cache_usage == 0.5 and s[1] is None
     assert s[0].finish_rate == 2.5
-    assert stats_from_metrics(None, ["r0"]) == [None]
+    assert stats_from_metrics(None, [rid("r0")]) == [None]
 
 
 def test_policy_scales_up_on_engine_queue_and_keeps_state_under_its_key():
