@@ -29,13 +29,11 @@ from .load import Action, Decision, LastDown, Load, PolicyState, ReplicaStats, d
 FINISH_RATE_WINDOW_S = 10.0  # a replica's finish rate is over this long: recent enough to follow a crowd's start
 
 
-class PolicyConfig(BaseModel):
-    """Per-model autoscaling settings (the `autoscaling:` block of a model in the YAML)."""
+class PolicySettings(BaseModel):
+    """A model's `autoscaling:` block in the YAML (its bounds come from `replicas`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
-    max_replicas: int = Field(1, ge=1, description="Most replicas.")
     replica_capacity: PositiveFloat = Field(
         32, description="Requests one replica runs at once without queueing (about vLLM's max_num_seqs)."
     )
@@ -80,15 +78,33 @@ class PolicyConfig(BaseModel):
         "are about to preempt: counts as scale-up pressure (fleet sized to bring it back to this level).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bounds_elsewhere(cls, data: Any) -> Any:
+        if cls is PolicySettings and isinstance(data, Mapping) and {"min_replicas", "max_replicas"} & set(data):
+            raise ValueError("set min/max under `replicas`, not here")
+        return data
+
     @model_validator(mode="after")
-    def _check(self) -> "PolicyConfig":
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+    def _check_band(self) -> "PolicySettings":
         if self.downscale_utilization >= self.target_utilization:
             raise ValueError(
                 f"downscale_utilization ({self.downscale_utilization}) must be < target_utilization "
                 f"({self.target_utilization}), or the policy would flap"
             )
+        return self
+
+
+class PolicyConfig(PolicySettings):
+    """What the policy decides with: a model's settings and its replica bounds."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PolicyConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         return self
 
 
@@ -289,5 +305,6 @@ def learn_from_reversal(st: PolicyState, now: float, current: int, target: int, 
     st.overflowed = {**st.overflowed, str(n - 1): float(last.peak)}
 
 
-__all__ = ["Action", "Decision", "LastDown", "Load", "PolicyConfig", "PolicyState", "ReplicaStats", "decide",
+__all__ = ["Action", "Decision", "LastDown", "Load", "PolicyConfig", "PolicySettings", "PolicyState", "ReplicaStats",
+           "decide",
            "decide_load", "demand_of", "drain_need", "replicas_for", "step_up", "summarize"]

@@ -13,6 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, model_validator
 
+from autoscale.policy import PolicySettings
+from autoscale.routing import RouterConfig
+
 from .admission import AdmissionConfig
 from .auth import AuthConfig
 from .lora import LoRAOptions, adapter_problems, name_collisions
@@ -116,10 +119,10 @@ class ModelConfig(_Strict):
     lora: LoRAOptions | None = Field(
         None, description="LoRA adapters served on this model's replicas as `<name>:<adapter>` (vLLM multi-LoRA).",
     )
-    autoscaling: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Tide autoscaling policy settings (autoscale.policy.PolicyConfig, min/max come from "
-        "`replicas`); used when replicas.min < replicas.max.",
+    autoscaling: PolicySettings = Field(
+        default_factory=PolicySettings,
+        description="Tide autoscaling policy settings (min/max come from `replicas`); used when "
+        "replicas.min < replicas.max.",
     )
     cold_start_timeout_s: float = Field(
         180.0, gt=0, description="How long a request waits for a replica of a cold model before a 503 with "
@@ -150,9 +153,8 @@ class ModelConfig(_Strict):
         "prefix cache), unless that replica is much busier (serving.router); `serve`: Ray Serve's default "
         "power-of-two-choices router (for comparisons).",
     )
-    routing: dict[str, Any] = Field(
-        default_factory=dict, description="Prefix router settings (autoscale.routing.RouterConfig) when "
-        "router is `prefix`.",
+    routing: RouterConfig = Field(
+        default_factory=RouterConfig, description="Prefix router settings when router is `prefix`.",
     )
     cpu_bind: str = Field(
         "rank",
@@ -187,19 +189,6 @@ class ModelConfig(_Strict):
         if self.lora is not None and (self.engine_args.get("enable_lora") is False or self.task == "embed"):
             raise ValueError("lora: adapters need a generating model with LoRA enabled (task `generate`, "
                              "no `enable_lora: false` in engine_args)")
-        try:
-            from autoscale.routing import RouterConfig
-
-            RouterConfig.model_validate(self.routing)
-        except ValidationError as e:
-            raise ValueError("routing: " + "; ".join(
-                (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"] for x in e.errors())) from None
-        try:
-            self.policy_config()
-        except ValidationError as e:
-            raise ValueError("autoscaling: " + "; ".join(
-                (f"{'.'.join(map(str, x['loc']))}: " if x["loc"] else "") + x["msg"].removeprefix("Value error, ")
-                for x in e.errors())) from None
         return self
 
     def placement(self):
@@ -246,10 +235,8 @@ class ModelConfig(_Strict):
         """The autoscaling policy config for this model (bounds from `replicas`)."""
         from autoscale.policy import PolicyConfig
 
-        extra = {k: v for k, v in self.autoscaling.items() if k not in ("min_replicas", "max_replicas")}
-        if len(extra) != len(self.autoscaling):
-            raise ValueError("autoscaling: set min/max under `replicas`, not here")
-        return PolicyConfig(min_replicas=self.replicas.min, max_replicas=self.replicas.max, **extra)
+        return PolicyConfig(min_replicas=self.replicas.min, max_replicas=self.replicas.max,
+                            **self.autoscaling.model_dump())
 
 
 # vLLM 0.32's FrontendArgs that shape one model's OpenAI answers (a unit test checks each still exists in vLLM).

@@ -181,10 +181,9 @@ class TidePrefixRouter(LocalityMixin, MultiplexMixin, RequestRouter):
 
 def request_router_options(cfg: "ModelConfig") -> dict[str, Any]:
     """Deployment `.options(...)` for the model's router: Tide's prefix router unless `router: serve`."""
-    if getattr(cfg, "router", "prefix") == "serve":
+    if cfg.router == "serve":
         return {}
     from ray.serve.config import RequestRouterConfig
 
-    settings = RouterConfig.model_validate(getattr(cfg, "routing", None) or {})
     return {"request_router_config": RequestRouterConfig(request_router_class=ROUTER_CLASS,
-                                                         request_router_kwargs=settings.model_dump())}
+                                                         request_router_kwargs=cfg.routing.model_dump())}

@@ -42,7 +42,7 @@ def test_hf_ids_are_left_alone():
         ("models: [{name: a, model: x, replicas: {max: 2}, autoscaling: {target_utilization: 0.3}}]\n",
          "autoscaling: downscale_utilization (0.5) must be < target_utilization (0.3)"),
         ("models: [{name: a, model: x, autoscaling: {max_replicas: 3}}]\n", "set min/max under `replicas`"),
-        ("models: [{name: a, model: x, autoscaling: {bogus: 1}}]\n", "autoscaling: bogus: Extra inputs"),
+        ("models: [{name: a, model: x, autoscaling: {bogus: 1}}]\n", "models.0.autoscaling.bogus: unknown field"),
         ("- just a list\n", "the top level must be a mapping"),
         ("models: [{name: a\n", "not valid YAML"),
     ],
