@@ -9,8 +9,7 @@ import yaml
 from ray.serve import Application
 
 from .auth import resolve_env
-from .lora import adapter_cards
-from .config import ConfigError, TideConfig
+from .config import ConfigError, IngressModel, TideConfig
 from .config import APP_NAME  # noqa: F401 - re-exported (serving.app.APP_NAME)
 from .engine import model_deployment
 from .ingress import Ingress
@@ -46,12 +45,6 @@ def check_placements(cfg: TideConfig, nodes: list[dict[str, float]] | None) -> N
         raise ConfigError("\n".join(["invalid config for this cluster", *(f"  {p}" for p in problems)]))
 
 
-def _group(m: Any) -> dict[str, Any]:
-    """What one replica of `m` holds, for the status page: its vLLM workers and GPUs."""
-    p = m.placement()
-    return {"workers": p.world, "gpus": p.gpus}
-
-
 def build_app(cfg: TideConfig) -> Application:
     check_placements(cfg, node_shapes())
     models = {m.name: model_deployment(m).bind(m.model_dump()) for m in cfg.models}
@@ -72,11 +65,7 @@ def build_app(cfg: TideConfig) -> Application:
         # an update starts the new ingress (and its front) beside the old one; with `front: ingress` and direct
         # ingress a replica owns the public port, so `tide deploy` restarts the app instead (cluster/cli.py)
         options["max_surge_percent"] = 100
-    cold = {m.name: {"timeout_s": m.cold_start_timeout_s, "max_held": m.max_held_requests,
-                     "start_s": m.policy_config().replica_start_s, "slots": m.slots_per_replica(),
-                     "max_replicas": m.replicas.max, **_group(m),
-                     "admission": m.admission.model_dump(), "task": m.task,
-                     "adapters": adapter_cards(m.name, m.lora)} for m in cfg.models}
+    cold = {m.name: IngressModel.of(m).model_dump() for m in cfg.models}
     # Keys from $TIDE_API_KEYS are hashed here, where `tide serve` runs: only digests travel through Ray.
     server = cfg.server.model_copy(update={"auth": resolve_env(cfg.server.auth)}).model_dump()
     return versioned(Ingress.options(**options), server, cold).bind(models, server, cold)

@@ -18,7 +18,7 @@ from autoscale.routing import RouterConfig
 
 from .admission import AdmissionConfig
 from .auth import AuthConfig
-from .lora import LoRAOptions, adapter_problems, name_collisions
+from .lora import LoRAOptions, adapter_cards, adapter_problems, name_collisions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -237,6 +237,32 @@ class ModelConfig(_Strict):
 
         return PolicyConfig(min_replicas=self.replicas.min, max_replicas=self.replicas.max,
                             **self.autoscaling.model_dump())
+
+
+class IngressModel(BaseModel):
+    """What the ingress and the front know of one model (the part of its config they act on), handed to the
+    ingress deployment as plain data and read back as this type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(description="cold_start_timeout_s: how long a request waits for a cold model.")
+    max_held: int = Field(description="max_held_requests: requests that may wait for a cold model at once.")
+    start_s: float = Field(description="The expected replica start (the policy's replica_start_s) until measured.")
+    slots: int = Field(description="Requests one replica runs at once (max_num_seqs).")
+    max_replicas: int
+    workers: int = Field(1, description="vLLM workers per replica (tensor x pipeline parallel).")
+    gpus: float = Field(0.0, description="GPUs per replica.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    task: Literal["generate", "embed"] = "generate"
+    adapters: list[dict[str, Any]] = Field(default_factory=list, description="/v1/models cards of its adapters.")
+
+    @classmethod
+    def of(cls, m: ModelConfig) -> "IngressModel":
+        p = m.placement()
+        return cls(timeout_s=m.cold_start_timeout_s, max_held=m.max_held_requests,
+                   start_s=m.policy_config().replica_start_s, slots=m.slots_per_replica(),
+                   max_replicas=m.replicas.max, workers=p.world, gpus=p.gpus, admission=m.admission, task=m.task,
+                   adapters=adapter_cards(m.name, m.lora))
 
 
 # vLLM 0.32's FrontendArgs that shape one model's OpenAI answers (a unit test checks each still exists in vLLM).

@@ -21,9 +21,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .admission import AdmissionConfig
 from .coldstart import HoldGate, update_start_estimate
-from .config import ServerConfig
+from .config import IngressModel, ServerConfig
 from .errors import bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
 from .guard import Guard, Refused
@@ -63,24 +62,23 @@ async def _any_error(_: Request, exc: Exception) -> JSONResponse:
 class Ingress(VllmPath):
     """Routes by model name; holds one handle per model deployment."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any], cold: dict[str, dict]):
+    def __init__(self, models: dict[str, DeploymentHandle], server: dict[str, Any], cold: dict[str, dict[str, Any]]):
         bind_replica_grpc_to_node()
         self.server = ServerConfig.model_validate(server)
         self.models = models
         self.streams = {name: h.options(stream=True) for name, h in models.items()}
         self.cards: dict[str, dict[str, Any]] = {}
-        # cold starts: per model {timeout_s, max_held, start_s}; the start estimate becomes what we measure
-        self.cold = cold
-        self.gates = {n: HoldGate(c["max_held"]) for n, c in cold.items()}
-        self.start_estimate = {n: float(c["start_s"]) for n, c in cold.items()}
+        # what the ingress acts on per model (serving.config.IngressModel); the start estimate becomes what we measure
+        self.cold = {n: IngressModel.model_validate(c) for n, c in cold.items()}
+        self.gates = {n: HoldGate(c.max_held) for n, c in self.cold.items()}
+        self.start_estimate = {n: c.start_s for n, c in self.cold.items()}
         self.counts: dict[str, tuple[int, int]] = {}
         self.rejected: dict[tuple[str, str], int] = {}  # (model, reason) -> count, for /metrics
         # API keys, per-key rate limits and each model's bounded queue (keys arrive as digests only)
         # LoRA: `base:adapter` requests go to the base model's deployment (cards as vLLM lists adapters)
-        self.adapter_cards = {n: c.get("adapters", []) for n, c in cold.items()}
+        self.adapter_cards = {n: c.adapters for n, c in self.cold.items()}
         self.adapters = {n: [a["id"].rpartition(":")[2] for a in cards] for n, cards in self.adapter_cards.items()}
-        self.guard = Guard(self.server.auth, {n: AdmissionConfig.model_validate(c["admission"])
-                                              for n, c in cold.items()})
+        self.guard = Guard(self.server.auth, {n: c.admission for n, c in self.cold.items()})
         self._hub: Any = None
         self._watch: asyncio.Task | None = None
         self.front: Any = None
@@ -89,7 +87,7 @@ class Ingress(VllmPath):
             from .replica.reaper import start_reaper
 
             self._reaper = start_reaper()  # HAProxy dies with this replica, however it ends
-            self.front = start_front(self.server, cold, self.guard.ring)
+            self.front = start_front(self.server, self.cold, self.guard.ring)
 
     async def __del__(self) -> None:
         if getattr(self, "front", None) is not None:  # its streams finish; a new front took the listener over
@@ -148,7 +146,7 @@ class Ingress(VllmPath):
         asked of Serve before the model's first admission rather than guessed."""
         if model not in self.counts:
             self.counts = {**self.counts, **await asyncio.to_thread(replica_counts, [model])}
-        return self.counts.get(model, (1, 1))[0] * self.cold[model]["slots"]
+        return self.counts.get(model, (1, 1))[0] * self.cold[model].slots
 
     def _observed_start(self, name: str, t0: float) -> None:
         self.start_estimate[name] = update_start_estimate(self.start_estimate.get(name), time.monotonic() - t0)
@@ -186,7 +184,7 @@ class Ingress(VllmPath):
         counts, hub = await asyncio.gather(asyncio.to_thread(replica_counts, list(self.models)), self._hub_data())
         held = {n: g.held for n, g in self.gates.items()}
         admitted = {n: (g.in_flight, g.limit) for n, g in self.guard.gates.items()}
-        shapes = {n: (c.get("workers", 1), c.get("gpus", 0.0)) for n, c in self.cold.items()}
+        shapes = {n: (c.workers, c.gpus) for n, c in self.cold.items()}
         return fleet_status(list(self.models), counts, hub, held, self.start_estimate, time.time(), admitted,
                             shapes), hub
 
@@ -268,7 +266,7 @@ class Ingress(VllmPath):
         return await self._serve(request, None, "vllm")
 
     def _check_task(self, model: str, kind: str) -> None:
-        if (kind == "embed") != (self.cold[model].get("task") == "embed"):
+        if (kind == "embed") != (self.cold[model].task == "embed"):
             what = "embeddings" if kind == "embed" else "chat or text completions"
             raise bad_request(f"Model `{model}` does not support {what}.", "model", "model_not_supported")
 

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, ingress_table,
                       plan_slots, rejected_counts, write_files)
@@ -234,24 +234,24 @@ class FrontLoop:
         return self._rates.get(model)
 
 
-def start_front(server: Any, cold: dict[str, dict[str, Any]], ring: Any) -> FrontLoop:
+def start_front(server: Any, cold: Mapping[str, Any], ring: Any) -> FrontLoop:
     """HAProxy on `server.host:port` for the models in `cold` (the ingress's per-model settings) and its loop.
     Only keys without rate limits may skip the ingress: their token settle and shared buckets live there."""
     import ray
 
-    from ..admission import AdmissionConfig, retry_after_s
+    from ..admission import retry_after_s
     from ..hub import get_hub
     from .haproxy import FrontModel
 
-    models = tuple(FrontModel(n, (n, *(a["id"] for a in c.get("adapters", []))), int(c["slots"]),
-                              int(c["admission"]["max_queued"]), int(c["max_replicas"])) for n, c in cold.items())
+    models = tuple(FrontModel(n, (n, *(a["id"] for a in c.adapters)), c.slots, c.admission.max_queued,
+                              c.max_replicas) for n, c in cold.items())
     fast = tuple(e.sha256 for e in ring.entries if e.requests_per_minute is None and e.tokens_per_minute is None)
     spec = FrontSpec(server.host, server.port, "", models, ring.enabled, fast, server.request_timeout_s,
                      max_body_bytes=server.max_body_bytes, x_api_key=ring.accept_x_api_key)
     front = HAProxy(spec)  # started by the loop, once this replica's own server listens
     lo = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "0"))
     hi = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "0"))
-    admission = {n: AdmissionConfig.model_validate(c["admission"]) for n, c in cold.items()}
+    admission = {n: c.admission for n, c in cold.items()}
 
     def retry(model: str, rate: float | None) -> int:
         cfg = admission[model]

@@ -134,7 +134,7 @@ class VllmPath:
             self.guard.check_key(request.url.path, request.headers)
         except Refused as r:
             return self._refused("*", r)
-        names = [n for n in self.models if self.cold[n].get("task") != "embed"]
+        names = [n for n in self.models if self.cold[n].task != "embed"]
         if not names:
             return error_response(TideError("No model here serves the Responses API.", 404, "not_found_error",
                                             None, "not_found"))
@@ -165,7 +165,7 @@ class VllmPath:
         try:  # until a replica runs (a whole answer's head comes only when it is done)
             while not first.done() and self.counts.get(name, (0, 0))[0] == 0:
                 waited = time.monotonic() - t0
-                if waited > self.cold[name]["timeout_s"]:
+                if waited > self.cold[name].timeout_s:
                     first.cancel()
                     gen.cancel()
                     call.ticket.done(0)
@@ -198,7 +198,7 @@ class VllmPath:
                 if first.done():
                     break
                 waited = time.monotonic() - t0
-                if waited > self.cold[name]["timeout_s"]:
+                if waited > self.cold[name].timeout_s:
                     self._reject(name, "cold_start_timeout")
                     ticket.done(0)  # nothing was generated
                     yield error_event(cold_start_timeout(name, waited, self.start_estimate[name]).body()).encode()
