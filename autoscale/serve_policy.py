@@ -36,7 +36,7 @@ class TidePolicy:
 
             if not ray.is_initialized():
                 return
-            from serving.hub import publish_decision
+            from serving.observability.hub import publish_decision
 
             publish_decision(ctx.deployment_name, d.replicas, ctx.current_num_replicas, d.action.value, d.reason)
         except Exception:  # reporting must never break scaling

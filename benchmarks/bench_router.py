@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from ray import serve  # noqa: E402
 
-import serving.engine as engine  # noqa: E402
+import serving.deployments as deployments  # noqa: E402
 from serving.config import TideConfig, parse_config  # noqa: E402
-from serving.engine import APP_NAME, LLMServer, deployment_name  # noqa: E402
+from serving.config import APP_NAME, deployment_name  # noqa: E402
+from serving.replica.llm import LLMServer  # noqa: E402
 from serving.launcher import deploy, free_port, shutdown, start_ray  # noqa: E402
 
 MODEL = ROOT / ".models" / "tiny-llama"
@@ -222,10 +223,10 @@ def table(results: dict[str, list[Result]]) -> str:
 
 async def main_async(a: argparse.Namespace) -> None:
     if not MODEL.exists():
-        from serving.tiny_model import build_tiny_model
+        from serving.tools.tiny_model import build_tiny_model
 
         build_tiny_model(MODEL)
-    engine.LLMServer = BenchServer  # model_deployment() deploys this class (pickled by value from __main__)
+    deployments.LLMServer = BenchServer  # model_deployment() deploys this class (pickled by value from __main__)
     convs = conversations(a.conversations, a.turns, system_prompts(a.system_prompts, a.system_chars))
     port = free_port()
     owns = start_ray(config("serve", port, a.replicas, a.kv_blocks))

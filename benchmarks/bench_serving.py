@@ -216,7 +216,7 @@ def summarize(results: dict, servers: list[str], concs: list[int]) -> str:
 
 async def main_async(a: argparse.Namespace) -> None:
     if not MODEL.exists():
-        from serving.tiny_model import build_tiny_model
+        from serving.tools.tiny_model import build_tiny_model
 
         build_tiny_model(MODEL)
     os.sched_setaffinity(0, {ALL_CORES[0]})  # the load generator stays off the engine's core

@@ -44,7 +44,7 @@ def reference(texts: list[str]) -> list[list[float]]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from serving.embedding_model import default_embedding_model
+    from serving.replica.embedding_model import default_embedding_model
 
     path = default_embedding_model()
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
@@ -57,7 +57,7 @@ def reference(texts: list[str]) -> list[list[float]]:
 
 
 async def run(server, a: argparse.Namespace) -> None:
-    from serving.embeddings import EmbeddingRequest
+    from serving.replica.embeddings import EmbeddingRequest
     from serving.errors import TideError
 
     server._pusher = object()  # no stats hub outside Serve (it would start Ray)
@@ -128,7 +128,7 @@ def main() -> None:
                    help="skip the plain-transformers comparison")
     a = p.parse_args()
 
-    from serving.embeddings import EmbeddingServer
+    from serving.replica.embeddings import EmbeddingServer
 
     cfg = {"name": "minilm", "model": "builtin:all-minilm-l6-v2",
            "engine_args": {"dtype": a.dtype, "enforce_eager": a.eager}}

@@ -75,7 +75,7 @@ async def run_engine(enable_lora: bool, adapters: dict[str, Path], fix: bool = T
 def main() -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     sys.path.insert(0, str(ROOT))
-    from serving.tiny_lora import build_tiny_lora
+    from serving.tools.tiny_lora import build_tiny_lora
 
     tmp = Path(tempfile.mkdtemp(prefix="tide-lora-"))
     t = time.monotonic()

@@ -10,7 +10,7 @@ import asyncio, os, sys, time, tempfile
 from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 sys.path.insert(0, os.getcwd())
-from serving.tiny_lora import build_tiny_lora
+from serving.tools.tiny_lora import build_tiny_lora
 from serving.lora import LoRAOptions, engine_lora_args, lora_request
 BASE = Path(".models/tiny-llama").resolve()
 opts = None

@@ -8,10 +8,10 @@ from typing import Any
 import yaml
 from ray.serve import Application
 
-from .auth import resolve_env
+from .gate.auth import resolve_env
 from .config import ConfigError, IngressModel, TideConfig
 from .config import APP_NAME  # noqa: F401 - re-exported (serving.app.APP_NAME)
-from .engine import model_deployment
+from .deployments import model_deployment
 from .ingress import Ingress
 from .placement import fit_problem
 from .rollout import versioned

@@ -13,14 +13,14 @@ from .config import ConfigError, load_config
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny_model import build_tiny_model
+    from .tools.tiny_model import build_tiny_model
 
     build_tiny_model(args.path, seed=args.seed, force=args.force)
     return 0
 
 
 def _cmd_make_tiny_lora(args: argparse.Namespace) -> int:
-    from .tiny_lora import build_tiny_lora
+    from .tools.tiny_lora import build_tiny_lora
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     out = build_tiny_lora(args.base, args.path, seed=args.seed, rank=args.rank, targets=targets, force=args.force)

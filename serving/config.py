@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from autoscale.policy import PolicySettings
 from autoscale.routing import RouterConfig
 
-from .admission import AdmissionConfig
-from .auth import AuthConfig
+from .gate.admission import AdmissionConfig
+from .gate.auth import AuthConfig
 from .lora import LoRAOptions, adapter_cards, adapter_problems, name_collisions
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")

@@ -25,15 +25,15 @@ from .coldstart import HoldGate, update_start_estimate
 from .config import IngressModel, ServerConfig
 from .errors import bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
-from .guard import Guard, Refused
+from .gate.guard import Guard, Refused
 from .loopback import bind_replica_grpc_to_node
 from .httpio import error_response, read_json, replica_counts
-from .hub import get_hub
+from .observability.hub import get_hub
 from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList
 from .front.passthrough import DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from .validation import needs_vllm
 from .front.vllm_path import VllmPath
-from .status import fleet_status, metrics_text
+from .observability.status import fleet_status, metrics_text
 from .web import router as web_router
 from .openapi_schema import install as install_openapi, request_body
 

@@ -153,7 +153,7 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
     import ray
     from ray import serve
 
-    from .hub import kill_hub
+    from .observability.hub import kill_hub
     from .replica.responses_store import kill_store
 
     def graceful() -> None:

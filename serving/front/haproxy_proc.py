@@ -239,8 +239,8 @@ def start_front(server: Any, cold: Mapping[str, Any], ring: Any) -> FrontLoop:
     Only keys without rate limits may skip the ingress: their token settle and shared buckets live there."""
     import ray
 
-    from ..admission import retry_after_s
-    from ..hub import get_hub
+    from ..gate.admission import retry_after_s
+    from ..observability.hub import get_hub
     from .haproxy import FrontModel
 
     models = tuple(FrontModel(n, (n, *(a["id"] for a in c.adapters)), c.slots, c.admission.max_queued,

@@ -22,7 +22,7 @@ from .calls import call_whole, collect, open_stream
 from ..coldstart import retry_after_s
 from ..errors import TideError, bad_request, error_event, to_error
 from ..faults import TIMEOUT_HEADER, request_deadline_s
-from ..guard import Pass, Refused
+from ..gate.guard import Pass, Refused
 from ..httpio import SSE_HEADERS, error_response, retry_response
 from ..lora import resolve_model
 from .passthrough import VllmRequest, body_bytes, head_headers, model_of, relay, usage_tokens, with_stream_usage

@@ -79,7 +79,7 @@ def start_engine(server: Any, cfg: ModelConfig, model: str, extra_args: dict[str
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from ..engine_stats import EngineStats
+    from ..observability.engine_stats import EngineStats
 
     from .reaper import start_reaper
 
@@ -129,7 +129,7 @@ class ReplicaBase:
 
     async def _push_stats(self) -> None:
         """Every second, leave this engine's numbers at the stats hub (status pages, /metrics)."""
-        from ..hub import get_hub
+        from ..observability.hub import get_hub
 
         try:
             replica = serve.get_replica_context().replica_id.unique_id

@@ -114,7 +114,7 @@ class ResponsesStore:
 
 def get_store() -> Any:
     """The store actor's handle, created by whoever asks first. Blocking: call it off the event loop."""
-    from ..hub import on_head
+    from ..observability.hub import on_head
 
     return ResponsesStore.options(name=STORE_NAME, namespace=STORE_NAMESPACE, lifetime="detached",
                                   get_if_exists=True, **on_head()).remote()

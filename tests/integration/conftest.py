@@ -20,7 +20,7 @@ def tide_config():
 
     if not (ROOT / ".models" / "tiny-llama" / "config.json").exists():
         pytest.fail("tiny model missing: run `make model` (make test builds it)")
-    from serving.tiny_lora import build_tiny_lora
+    from serving.tools.tiny_lora import build_tiny_lora
 
     for seed, name in ((1, "a"), (2, "b")):  # LoRA adapters of `tiny` (cached: same seed, same files)
         build_tiny_lora(ROOT / ".models" / "tiny-llama", ROOT / ".models" / f"tiny-lora-{name}", seed=seed)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from serving.auth import hash_key
+from serving.gate.auth import hash_key
 from serving.launcher import free_port
 from serving.loopback import is_loopback
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from serving.auth import hash_key
+from serving.gate.auth import hash_key
 from serving.launcher import free_port
 
 from .headnode import ray_head, tide, tiny_config

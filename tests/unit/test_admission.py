@@ -5,7 +5,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from serving.admission import Admit, AdmissionConfig, AdmissionGate, DrainRate, Reject, queue_full, retry_after_s
+from serving.gate.admission import Admit, AdmissionConfig, AdmissionGate, DrainRate, Reject, queue_full, retry_after_s
 
 
 def cfg(**kw) -> AdmissionConfig:

@@ -7,8 +7,8 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from serving import auth
-from serving.auth import AuthConfig, KeyEntry, KeyRing, authorize, hash_key, parse_env_keys, presented_key, unauthorized
+from serving.gate import auth
+from serving.gate.auth import AuthConfig, KeyEntry, KeyRing, authorize, hash_key, parse_env_keys, presented_key, unauthorized
 
 RAW_A, RAW_B, RAW_C = "sk-alpha-0123456789abcdef", "sk-bravo-fedcba9876543210", "sk-charlie-55555555"
 

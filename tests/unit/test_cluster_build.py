@@ -129,7 +129,7 @@ def test_a_tensor_parallel_model_sizes_the_kuberay_gpu_pod_and_is_named_in_the_s
 
 def test_model_deployment_reserves_the_placement_group():
     from serving.config import parse_config
-    from serving.engine import model_deployment
+    from serving.deployments import model_deployment
 
     m = parse_config({"models": [{"name": "big", "model": "x", "engine_args": {"tensor_parallel_size": 2},
                                   "replicas": {"num_cpus": 0.5, "worker_num_cpus": 1}}]}).models[0]

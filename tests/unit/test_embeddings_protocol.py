@@ -5,7 +5,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from serving import embedding_model
+from serving.replica import embedding_model
 from serving.protocol import MAX_INPUTS, EmbeddingRequest
 from serving.errors import TideError, to_error
 

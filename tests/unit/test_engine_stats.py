@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("vllm")
-from serving.engine_stats import EngineStats  # noqa: E402
+from serving.observability.engine_stats import EngineStats  # noqa: E402
 
 
 def test_snapshot_follows_scheduler_and_clips_to_unfinished():

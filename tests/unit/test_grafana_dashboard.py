@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import EngineCounters
-from serving.status import fleet_status, metrics_text
+from serving.observability.metrics import EngineCounters
+from serving.observability.status import fleet_status, metrics_text
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "tide-dashboard.json"
 

@@ -4,9 +4,9 @@ import gc
 
 import pytest
 
-from serving.admission import AdmissionConfig
-from serving.auth import AuthConfig, KeyEntry, hash_key
-from serving.guard import Guard, Refused, prompt_chars
+from serving.gate.admission import AdmissionConfig
+from serving.gate.auth import AuthConfig, KeyEntry, hash_key
+from serving.gate.guard import Guard, Refused, prompt_chars
 from serving.protocol import ChatCompletionRequest, CompletionRequest
 
 

@@ -17,7 +17,7 @@ from serving.lora import (
     name_collisions,
     resolve_model,
 )
-from serving.tiny_lora import MARKER, build_tiny_lora, engine_rank, module_shapes, tensor_name
+from serving.tools.tiny_lora import MARKER, build_tiny_lora, engine_rank, module_shapes, tensor_name
 
 SERVED = {"tiny": ["sql", "chat-v2"], "big:latest": [], "plain": []}
 

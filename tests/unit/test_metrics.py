@@ -2,9 +2,9 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import EngineCounters, Histogram, model_state, model_status, percentile
-from serving.prometheus import render_prometheus
-from serving.status import fleet_status, metrics_text
+from serving.observability.metrics import EngineCounters, Histogram, model_state, model_status, percentile
+from serving.observability.prometheus import render_prometheus
+from serving.observability.status import fleet_status, metrics_text
 
 
 def test_histogram_buckets_are_inclusive_and_counted_once():

@@ -174,7 +174,7 @@ def test_config_load_refuses_bad_parallel_settings_naming_the_field(tmp_path: Pa
 
 
 def test_placement_is_part_of_the_engine_identity():
-    from serving.engine import engine_identity
+    from serving.deployments import engine_identity
 
     def cfg(**replicas):
         return parse_config({"models": [{"name": "t", "model": "x", "engine_args": {"tensor_parallel_size": 2},

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving.ratelimit import Allowed, Limited, Limits, RateLimiter, rate_limited, ratelimit_headers
+from serving.gate.ratelimit import Allowed, Limited, Limits, RateLimiter, rate_limited, ratelimit_headers
 
 RPM3 = Limits(requests_per_minute=3)
 TPM100 = Limits(tokens_per_minute=100)
@@ -169,6 +169,6 @@ def test_headers_and_429_body():
     (40, None, None, 1, 10), (-5, 4, 1024, 0, 4),
 ])
 def test_estimate_tokens(chars, max_tokens, context, n, expected):
-    from serving.ratelimit import estimate_tokens
+    from serving.gate.ratelimit import estimate_tokens
 
     assert estimate_tokens(chars, max_tokens, context, n) == expected

@@ -7,10 +7,11 @@ import inspect
 import re
 from pathlib import Path
 
-from serving import engine, rollout
+from serving import deployments, rollout
 from serving.app import build_app
 from serving.config import TideConfig
-from serving.embeddings import EmbeddingServer
+from serving.replica import llm
+from serving.replica.embeddings import EmbeddingServer
 
 BASE = {"server": {"port": 8000}, "models": [
     {"name": "tiny", "model": "/m", "engine_args": {"max_num_seqs": 8}, "replicas": {"min": 1, "max": 2}},
@@ -23,7 +24,7 @@ def cfg(**model) -> TideConfig:
 
 
 def versions(c: TideConfig) -> dict[str, str]:
-    return {m.name: engine.model_deployment(m).version for m in c.models}
+    return {m.name: deployments.model_deployment(m).version for m in c.models}
 
 
 def ingress_version(c: TideConfig) -> str:
@@ -57,9 +58,9 @@ def test_the_ingress_rolls_when_what_it_governs_changes():
 
 
 def test_new_replicas_start_before_old_ones_stop():
-    assert engine.model_deployment(cfg().models[0])._deployment_config.max_surge_percent == 25
+    assert deployments.model_deployment(cfg().models[0])._deployment_config.max_surge_percent == 25
     off = cfg(replicas={"min": 1, "max": 2, "max_surge_percent": 0})
-    assert engine.model_deployment(off.models[0])._deployment_config.max_surge_percent == 0
+    assert deployments.model_deployment(off.models[0])._deployment_config.max_surge_percent == 0
     proxy = TideConfig.model_validate({**BASE, "server": {"port": 8000, "direct_ingress": False}})
     assert build_app(proxy)._bound_deployment._deployment_config.max_surge_percent == 100
 
@@ -73,10 +74,10 @@ def test_tide_source_is_part_of_the_version(monkeypatch):
 def test_replica_code_never_reads_a_fleet_field():
     """A replica keeps its copy of the config across deploys that change only fleet fields, so reading one there
     would see a stale value."""
-    fields = [k for k, v in engine.FLEET_FIELDS.items() if v is True]
-    sub = sorted(engine.FLEET_FIELDS["replicas"])
+    fields = [k for k, v in deployments.FLEET_FIELDS.items() if v is True]
+    sub = sorted(deployments.FLEET_FIELDS["replicas"])
     pattern = re.compile(rf"cfg\.({'|'.join(fields)})\b|cfg\.replicas\.({'|'.join(sub)})\b")
-    replica_dir = Path(engine.__file__).parent / "replica"
-    sources = {"LLMServer": inspect.getsource(engine.LLMServer), "EmbeddingServer": inspect.getsource(EmbeddingServer),
+    replica_dir = Path(llm.__file__).parent
+    sources = {"LLMServer": inspect.getsource(llm.LLMServer), "EmbeddingServer": inspect.getsource(EmbeddingServer),
                **{p.name: p.read_text() for p in replica_dir.glob("*.py")}}
     assert {name: pattern.findall(src) for name, src in sources.items() if pattern.search(src)} == {}

@@ -128,7 +128,7 @@ def test_options_empty_for_serves_router_and_bad_settings_rejected():
 
 
 def test_model_deployment_carries_the_router():
-    from serving.engine import model_deployment
+    from serving.deployments import model_deployment
 
     cfg = model_deployment(model_cfg())._deployment_config.request_router_config
     assert cfg.request_router_class == ROUTER_CLASS

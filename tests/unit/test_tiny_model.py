@@ -1,6 +1,6 @@
 import json
 
-from serving.tiny_model import MARKER, build_tiny_model, is_built
+from serving.tools.tiny_model import MARKER, build_tiny_model, is_built
 
 
 def test_same_seed_same_model_and_cached(tmp_path, capsys):

@@ -1,8 +1,8 @@
 """The stats hub: one small named Ray actor where model replicas, the autoscaler and the ingress leave their
 latest numbers, so `/tide/status`, `/metrics`, the status page and `tide status` all read the same data.
 
-Thin glue: it stores what it is sent and ages it out; summaries are computed by `serving.metrics` and
-`serving.prometheus`. Created on first use (`get_if_exists`), so `tide serve`, `serve run` of a built
+Thin glue: it stores what it is sent and ages it out; summaries are computed by `serving.observability.metrics` and
+`serving.observability.prometheus`. Created on first use (`get_if_exists`), so `tide serve`, `serve run` of a built
 config and KubeRay all get one without a deploy step. Publishing never raises: numbers are best effort.
 """
 

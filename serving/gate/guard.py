@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from .admission import AdmissionConfig, AdmissionGate, Reject, queue_full
 from .auth import UNAUTHORIZED_HEADERS, AuthConfig, KeyEntry, KeyRing, authorize
-from .errors import TideError
+from ..errors import TideError
 from .ratelimit import Allowed, Limited, Limits, RateLimiter, estimate_tokens, rate_limited, ratelimit_headers
 
 Clock = Callable[[], float]

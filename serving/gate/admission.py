@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from .errors import TideError
+from ..errors import TideError
 
 RETRY_AFTER_MIN_S = 1  # never 0: a client told "retry in 0 s" retries at once and makes the overload worse
 

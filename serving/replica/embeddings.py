@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .embedding_model import resolve_model
-from .replica.base import ReplicaBase, start_engine
+from .base import ReplicaBase, start_engine
 
 logger = logging.getLogger("tide.embeddings")
 

@@ -16,7 +16,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .errors import TideError
+from ..errors import TideError
 
 
 @dataclass(frozen=True)

@@ -1,46 +1,16 @@
-"""The generating model replica and the Serve deployment of any model.
-
-`LLMServer` owns one vLLM AsyncLLM engine (serving/replica/base.py: start, health, stats, HTTP, stop) with
-its LoRA adapters. Requests are served by vLLM's own OpenAI layer on that engine (`openai`,
-serving/replica/openai_app.py): the chat template, tokenization, context checks, sampling and the OpenAI
-bytes are vLLM's. A caller that goes away cancels the call, which vLLM sees as a client disconnect and aborts
-in the engine. `model_deployment` turns a model's config into its Serve deployment.
-"""
+"""The Serve deployment of a model (driver side): its replica class, resources, autoscaling, router and
+version. Replicas never run this module, so it may read the fleet fields replicas must not."""
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 from ray import serve
 
-from .config import APP_NAME, ModelConfig, deployment_name  # re-exported: older callers import them from here
-from .lora import engine_lora_args
-from .replica.base import ReplicaBase, start_engine
+from .config import ModelConfig, deployment_name
+from .replica.llm import LLMServer
 from .rollout import versioned
 from .router import request_router_options
-
-logger = logging.getLogger("tide.engine")
-
-
-class LLMServer(ReplicaBase):
-    """One vLLM engine for chat and completions, with the model's LoRA adapters loaded before any request."""
-
-    def __init__(self, model_config: dict[str, Any]):
-        from vllm.platforms import current_platform
-
-        cfg = ModelConfig.model_validate(model_config)
-        start_engine(self, cfg, cfg.model, engine_lora_args(cfg.lora, current_platform.is_cpu()))
-        self.adapters = {cfg.name: sorted(cfg.lora.adapters) if cfg.lora else []}
-        self.max_model_len: int = self.engine.model_config.max_model_len
-        self.start_time_s = time.monotonic() - self.started_at
-        logger.info("engine for %s ready in %.1fs (max_model_len=%d)", self.cfg.name, self.start_time_s,
-                    self.max_model_len)
-
-    async def info(self) -> dict[str, Any]:
-        return {"name": self.cfg.name, "model": self.cfg.model, "max_model_len": self.max_model_len,
-                "engine_start_s": self.start_time_s}
 
 
 def model_deployment(cfg: ModelConfig):
@@ -77,7 +47,7 @@ def model_deployment(cfg: ModelConfig):
     options.update(request_router_options(cfg))
     options["max_surge_percent"] = r.max_surge_percent
     if cfg.task == "embed":
-        from .embeddings import EmbeddingServer
+        from .replica.embeddings import EmbeddingServer
 
         deployment = serve.deployment(EmbeddingServer).options(**options)
     else:
@@ -99,4 +69,4 @@ def engine_identity(cfg: ModelConfig) -> dict[str, Any]:
 
 
 
-__all__ = ["APP_NAME", "LLMServer", "model_deployment", "deployment_name"]
+__all__ = ["FLEET_FIELDS", "engine_identity", "model_deployment"]

@@ -9,7 +9,7 @@ dictionary to try. Auth is on iff at least one key is configured.
 Accepted headers: `Authorization: Bearer <key>` (what the OpenAI clients send) and `x-api-key: <key>` (what
 some proxies and SDKs send; turn off with `accept_x_api_key: false`).
 
-Hash a key for the config with `python -m serving.auth` (reads the key from the terminal, prints the digest).
+Hash a key for the config with `python -m serving.gate.auth` (reads the key from the terminal, prints the digest).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from .errors import TideError
+from ..errors import TideError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -40,7 +40,7 @@ class KeyEntry(_Strict):
 
     name: str = Field(description="Who holds the key; shown in logs and rate-limit messages (never the key).")
     sha256: str = Field(
-        repr=False, description="Lower-case hex SHA-256 of the raw key's UTF-8 bytes (`python -m serving.auth`)."
+        repr=False, description="Lower-case hex SHA-256 of the raw key's UTF-8 bytes (`python -m serving.gate.auth`)."
     )
     requests_per_minute: PositiveInt | None = Field(None, description="Requests this key may send per minute; "
                                                     "None is unlimited.")

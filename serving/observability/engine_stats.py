@@ -2,7 +2,7 @@
 
 vLLM's Prometheus gauges can lag (seen at 0 during a burst on the CPU build), and they live in each replica
 process where nobody scrapes them; the stat logger sees every engine step, so this records the steps into
-`serving.metrics.EngineCounters`. Feeds the autoscaler (queue depth) and the stats hub. Imported only in replicas.
+`serving.observability.metrics.EngineCounters`. Feeds the autoscaler (queue depth) and the stats hub. Imported only in replicas.
 """
 
 from __future__ import annotations

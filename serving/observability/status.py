@@ -10,7 +10,7 @@ from .prometheus import render_prometheus
 
 
 def _deployment(model: str) -> str:
-    from .config import deployment_name
+    from ..config import deployment_name
 
     return deployment_name(model)
 

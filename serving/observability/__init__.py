@@ -1,0 +1,1 @@
+"""One metrics pipeline: engine counters pushed to the stats hub, read back as /metrics and /tide/status."""

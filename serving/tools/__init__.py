@@ -1,0 +1,1 @@
+"""Builders of the tiny test model and its LoRA adapters (no hub downloads anywhere)."""
