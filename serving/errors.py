@@ -64,6 +64,64 @@ def engine_dead() -> TideError:
                      "service_unavailable_error", None, "engine_dead")
 
 
+def not_found(message: str) -> TideError:
+    return TideError(message, 404, "not_found_error", None, "not_found")
+
+
+def unauthorized(key_given: bool) -> TideError:
+    """The 401 a request without a valid key gets (OpenAI's wording and codes). Never echoes the key."""
+    if not key_given:
+        return TideError(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+            "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", 401, "invalid_request_error", None, None,
+        )
+    return TideError("Incorrect API key provided. Check the key you were given for this Tide server.", 401,
+                     "invalid_request_error", None, "invalid_api_key")
+
+
+def rate_limited(key_name: str, limit: str, limit_value: int, requested: int, retry_after_s: float | None
+                 ) -> TideError:
+    """The 429 for a request over a key's `limit` ("requests" or "tokens") per minute (OpenAI's wording; names the
+    key holder, never the key). `retry_after_s` None: the request alone is larger than the whole minute's limit."""
+    unit = "requests per minute (RPM)" if limit == "requests" else "tokens per minute (TPM)"
+    if retry_after_s is None:
+        return TideError(f"Request too large for key '{key_name}' on {unit}: Limit {limit_value}, "
+                         f"Requested {requested}. Ask for fewer tokens (lower max_tokens or a shorter "
+                         "prompt).", 429, "tokens", "max_tokens", "rate_limit_exceeded")
+    return TideError(f"Rate limit reached for key '{key_name}' on {unit}: Limit {limit_value}, Requested "
+                     f"{requested}. Please try again in {retry_after_s:.1f}s.", 429, limit, None, "rate_limit_exceeded")
+
+
+def queue_full(model: str, in_flight: int, limit: int, retry_after_s: int) -> TideError:
+    """The 429 for a request past a model's bounded queue; the caller adds `Retry-After: retry_after_s`."""
+    return TideError(f"Model `{model}` is overloaded: {in_flight} requests are in flight (limit {limit}). "
+                     f"Retry in {retry_after_s}s.", 429, "rate_limit_error", None, "model_overloaded")
+
+
+def retry_later(status: int, message: str, code: str) -> TideError:
+    """A 429 or 503 the client should retry (the caller sends the Retry-After)."""
+    return TideError(message, status, "rate_limit_error" if status == 429 else "service_unavailable_error", None, code)
+
+
+def cold_start_timeout(name: str, waited: float, retry_in_s: int) -> TideError:
+    return TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in {retry_in_s}s.",
+                     503, "service_unavailable_error", None, "cold_start_timeout")
+
+
+def client_gone() -> TideError:
+    return TideError("The client closed the request.", 499, "invalid_request_error", None, "client_closed_request")
+
+
+def timed_out(seconds: float) -> TideError:
+    return TideError(f"The request did not finish within its {seconds:g}s timeout.", 504, "timeout_error", None,
+                     "timeout")
+
+
+def request_too_large(limit: int) -> TideError:
+    return TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
+                     "request_too_large")
+
+
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 

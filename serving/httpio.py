@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from .errors import TideError, bad_request
+from .errors import TideError, bad_request, request_too_large, retry_later
 from .validation import check_text
 
 _DRAIN_LIMIT = 64 * 1024 * 1024
@@ -27,14 +27,12 @@ def error_response(err: TideError, headers: dict[str, str] | None = None) -> JSO
 
 def retry_response(status: int, message: str, code: str, retry_after: int) -> JSONResponse:
     """429/503 with a Retry-After header (seconds) and the OpenAI error body."""
-    err = TideError(message, status, "rate_limit_error" if status == 429 else "service_unavailable_error", None, code)
-    return error_response(err, {"Retry-After": str(retry_after)})
+    return error_response(retry_later(status, message, code), {"Retry-After": str(retry_after)})
 
 
 async def read_json(request: Request, limit: int) -> Any:
     """The body as a JSON object, or a 413/400 TideError; never reads more than `limit` bytes into memory."""
-    too_large = TideError(f"Request body is larger than {limit} bytes.", 413, "invalid_request_error", None,
-                          "request_too_large")
+    too_large = request_too_large(limit)
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
         if int(size) <= _DRAIN_LIMIT:  # read and drop it, so the client gets the 413 rather than a reset

@@ -15,20 +15,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from fastapi import Request
 
-from ..errors import TideError
+from ..errors import client_gone, timed_out
 from ..faults import engine_died, replica_gone, retry_wait_s
 
 logger = logging.getLogger("tide.ingress")
 T = TypeVar("T")
-
-
-def client_gone() -> TideError:
-    return TideError("The client closed the request.", 499, "invalid_request_error", None, "client_closed_request")
-
-
-def timed_out(seconds: float) -> TideError:
-    return TideError(f"The request did not finish within its {seconds:g}s timeout.", 504, "timeout_error", None,
-                     "timeout")
 
 
 async def collect(gen: Any, request: Request, deadline_s: float,

@@ -90,7 +90,7 @@ def error_files() -> dict[str, str]:
 
 
 def queue_full_body(model: str) -> str:
-    """The ingress's own queue-full error (serving/gate/admission.py `queue_full`), as the front sends it."""
+    """The ingress's own queue-full error (`serving.errors.queue_full`), as the front sends it."""
     return json.dumps({"error": {"message": f"Model `{model}` is overloaded: its queue is full. Retry after the "
                                  "seconds in Retry-After.", "type": "rate_limit_error", "param": None,
                                  "code": "model_overloaded"}})

@@ -13,8 +13,7 @@ import json
 import re
 from typing import Any, AsyncIterator, Callable, Mapping
 
-from ..errors import error_event, to_error
-from .calls import timed_out
+from ..errors import error_event, timed_out, to_error
 
 # where a body bound for vLLM's layer keeps its input (chat, completions, responses, tokenize, score, rerank)
 PROMPT_KEYS = ("messages", "prompt", "input", "text", "instructions", "tokens", "query", "documents", "text_1",

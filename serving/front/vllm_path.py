@@ -20,7 +20,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from .calls import call_whole, collect, open_stream
 from ..coldstart import retry_after_s
-from ..errors import TideError, bad_request, error_event, to_error
+from ..errors import bad_request, cold_start_timeout, error_event, not_found, to_error
 from ..faults import TIMEOUT_HEADER, request_deadline_s
 from ..gate.guard import Pass, Refused
 from ..httpio import SSE_HEADERS, error_response, retry_response
@@ -30,12 +30,6 @@ from ..router import routing_prompt
 from ..vllm_errors import openai_error_bytes
 
 JSON = {"content-type": "application/json"}
-
-
-def cold_start_timeout(name: str, waited: float, expected: float) -> TideError:
-    return TideError(f"Model `{name}` is starting and was not ready after {waited:.0f}s. Retry in "
-                     f"{retry_after_s(expected, waited)}s.", 503, "service_unavailable_error", None,
-                     "cold_start_timeout")
 
 
 @dataclass
@@ -136,8 +130,7 @@ class VllmPath:
             return self._refused("*", r)
         names = [n for n in self.models if self.cold[n].task != "embed"]
         if not names:
-            return error_response(TideError("No model here serves the Responses API.", 404, "not_found_error",
-                                            None, "not_found"))
+            return error_response(not_found("No model here serves the Responses API."))
         model = next((n for n in names if not self._is_cold(n)), names[0])
         deadline_s = request_deadline_s(request.headers.get(TIMEOUT_HEADER), self.server.request_timeout_s)
         call = Call(request, Pass({}, lambda used: None), deadline_s, request.query_params.get("stream") == "true")
@@ -170,7 +163,7 @@ class VllmPath:
                     gen.cancel()
                     call.ticket.done(0)
                     self._reject(name, "cold_start_timeout")
-                    return retry_response(503, cold_start_timeout(name, waited, expected).message,
+                    return retry_response(503, cold_start_timeout(name, waited, retry_after_s(expected, waited)).message,
                                           "cold_start_timeout", retry_after_s(expected, waited))
                 await asyncio.wait({first}, timeout=0.25)
             self._observed_start(name, t0)
@@ -201,7 +194,7 @@ class VllmPath:
                 if waited > self.cold[name].timeout_s:
                     self._reject(name, "cold_start_timeout")
                     ticket.done(0)  # nothing was generated
-                    yield error_event(cold_start_timeout(name, waited, self.start_estimate[name]).body()).encode()
+                    yield error_event(cold_start_timeout(name, waited, retry_after_s(self.start_estimate[name], waited)).body()).encode()
                     return
                 yield f": waiting for a replica of {name} ({waited:.0f}s)\n\n".encode()
             gate.release()

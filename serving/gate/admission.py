@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from ..errors import TideError
 
 RETRY_AFTER_MIN_S = 1  # never 0: a client told "retry in 0 s" retries at once and makes the overload worse
 
@@ -147,10 +146,3 @@ class AdmissionGate:
         self.drain.observe(now)
 
     on_finish = release
-
-
-def queue_full(model: str, reject: Reject) -> TideError:
-    """The 429 for a rejected request; the ingress adds `Retry-After: reject.retry_after_s`."""
-    return TideError(f"Model `{model}` is overloaded: {reject.in_flight} requests are in flight (limit "
-                     f"{reject.limit}). Retry in {reject.retry_after_s}s.", 429, "rate_limit_error", None,
-                     "model_overloaded")

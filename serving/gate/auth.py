@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from ..errors import TideError
+from ..errors import TideError, unauthorized
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -181,17 +181,6 @@ class KeyRing:
             if hmac.compare_digest(digest, stored):  # no early exit: same work whichever entry matches
                 found = entry
         return found
-
-
-def unauthorized(key_given: bool) -> TideError:
-    """The 401 a request without a valid key gets (OpenAI's wording and codes). Never echoes the key."""
-    if not key_given:
-        return TideError(
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-            "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", 401, "invalid_request_error", None, None,
-        )
-    return TideError("Incorrect API key provided. Check the key you were given for this Tide server.", 401,
-                     "invalid_request_error", None, "invalid_api_key")
 
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .admission import AdmissionConfig, AdmissionGate, Reject, queue_full
+from .admission import AdmissionConfig, AdmissionGate, Reject
 from .auth import UNAUTHORIZED_HEADERS, AuthConfig, KeyEntry, KeyRing, authorize
-from ..errors import TideError
-from .ratelimit import Allowed, Limited, Limits, RateLimiter, estimate_tokens, rate_limited, ratelimit_headers
+from ..errors import TideError, queue_full, rate_limited
+from .ratelimit import Allowed, Limited, Limits, RateLimiter, estimate_tokens, ratelimit_headers
 
 Clock = Callable[[], float]
 # Completion tokens charged on arrival for a request without max_tokens (settled with the real usage at the end):
@@ -103,7 +103,7 @@ class Guard:
             d = self.limiter.charge(key.name, limits, now, estimate)
             if isinstance(d, Limited):
                 retry = {"Retry-After": d.retry_after_header} if d.retry_after_header else {}
-                raise Refused(rate_limited(key.name, d), retry, f"rate_limited_{d.limit}")
+                raise Refused(rate_limited(key.name, d.limit, d.limit_value, d.requested, d.retry_after_s), retry, f"rate_limited_{d.limit}")
             assert isinstance(d, Allowed)
             headers = ratelimit_headers(limits, d)
         gate = self.gates[model]
@@ -112,7 +112,7 @@ class Guard:
         if isinstance(a, Reject):
             if not limits.unlimited:
                 self.limiter.refund(key.name, limits, now, estimate)
-            raise Refused(queue_full(model, a), {"Retry-After": str(a.retry_after_s)}, "queue_full")
+            raise Refused(queue_full(model, a.in_flight, a.limit, a.retry_after_s), {"Retry-After": str(a.retry_after_s)}, "queue_full")
 
         def done(used: int | None) -> None:
             t = self.clock()

@@ -16,7 +16,6 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..errors import TideError
 
 
 @dataclass(frozen=True)
@@ -219,15 +218,3 @@ def ratelimit_headers(limits: Limits, allowed: Allowed) -> dict[str, str]:
         out["x-ratelimit-limit-tokens"] = str(limits.tokens_per_minute)
         out["x-ratelimit-remaining-tokens"] = str(allowed.remaining_tokens)
     return out
-
-
-def rate_limited(key_name: str, limited: Limited) -> TideError:
-    """The 429 for a limited request (OpenAI's wording; names the key holder, never the key)."""
-    unit = "requests per minute (RPM)" if limited.limit == "requests" else "tokens per minute (TPM)"
-    if limited.retry_after_s is None:
-        return TideError(f"Request too large for key '{key_name}' on {unit}: Limit {limited.limit_value}, "
-                         f"Requested {limited.requested}. Ask for fewer tokens (lower max_tokens or a shorter "
-                         "prompt).", 429, "tokens", "max_tokens", "rate_limit_exceeded")
-    return TideError(f"Rate limit reached for key '{key_name}' on {unit}: Limit {limited.limit_value}, Requested "
-                     f"{limited.requested}. Please try again in {limited.retry_after_s:.1f}s.", 429,
-                     limited.limit, None, "rate_limit_exceeded")

@@ -5,7 +5,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from serving.gate.admission import Admit, AdmissionConfig, AdmissionGate, DrainRate, Reject, queue_full, retry_after_s
+from serving.errors import queue_full
+from serving.gate.admission import Admit, AdmissionConfig, AdmissionGate, DrainRate, Reject, retry_after_s
 
 
 def cfg(**kw) -> AdmissionConfig:
@@ -152,7 +153,8 @@ def test_drain_rate_follows_a_change():
 
 
 def test_queue_full_error():
-    err = queue_full("tiny", Reject(retry_after_s=4, in_flight=12, limit=12, estimated=True))
+    reject = Reject(retry_after_s=4, in_flight=12, limit=12, estimated=True)
+    err = queue_full("tiny", reject.in_flight, reject.limit, reject.retry_after_s)
     body = err.body()["error"]
     assert err.status == 429 and body["code"] == "model_overloaded" and body["type"] == "rate_limit_error"
     assert "tiny" in body["message"] and "4s" in body["message"]

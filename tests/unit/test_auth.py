@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from serving.gate import auth
-from serving.gate.auth import AuthConfig, KeyEntry, KeyRing, authorize, hash_key, parse_env_keys, presented_key, unauthorized
+from serving.errors import unauthorized
+from serving.gate.auth import AuthConfig, KeyEntry, KeyRing, authorize, hash_key, parse_env_keys, presented_key
 
 RAW_A, RAW_B, RAW_C = "sk-alpha-0123456789abcdef", "sk-bravo-fedcba9876543210", "sk-charlie-55555555"
 

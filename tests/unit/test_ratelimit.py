@@ -2,7 +2,8 @@
 
 import pytest
 
-from serving.gate.ratelimit import Allowed, Limited, Limits, RateLimiter, rate_limited, ratelimit_headers
+from serving.errors import rate_limited
+from serving.gate.ratelimit import Allowed, Limited, Limits, RateLimiter, ratelimit_headers
 
 RPM3 = Limits(requests_per_minute=3)
 TPM100 = Limits(tokens_per_minute=100)
@@ -49,7 +50,7 @@ def test_a_request_larger_than_the_whole_minute_can_never_pass():
     rl = RateLimiter()
     d = rl.charge("k", TPM100, 0.0, 101)
     assert isinstance(d, Limited) and d.retry_after_s is None and d.retry_after_header is None
-    err = rate_limited("ops", d)
+    err = rate_limited("ops", d.limit, d.limit_value, d.requested, d.retry_after_s)
     assert err.status == 429 and err.code == "rate_limit_exceeded" and "Request too large" in err.message
     assert err.param == "max_tokens"
     assert isinstance(rl.charge("k", TPM100, 0.0, 100), Allowed)  # nothing was taken by the refusal
@@ -157,7 +158,7 @@ def test_headers_and_429_body():
         "x-ratelimit-limit-tokens": "100", "x-ratelimit-remaining-tokens": "90"}
     assert ratelimit_headers(RPM3, RateLimiter().charge("k", RPM3, 0.0, 10)) == {
         "x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "2"}
-    err = rate_limited("ops", Limited("requests", 3, 1, 19.5))
+    err = rate_limited("ops", "requests", 3, 1, 19.5)
     body = err.body()["error"]
     assert err.status == 429 and body["type"] == "requests" and body["code"] == "rate_limit_exceeded"
     assert "'ops'" in body["message"] and "19.5s" in body["message"] and "RPM" in body["message"]
