@@ -26,7 +26,7 @@ from .config import IngressModel, ServerConfig
 from .errors import bad_request, error_body, model_not_found, to_error
 from .faults import TIMEOUT_HEADER, request_deadline_s
 from .gate.guard import Guard, Refused
-from .loopback import bind_replica_grpc_to_node
+from .patches.ray_loopback import bind_replica_grpc_to_node
 from .httpio import error_response, read_json, replica_counts
 from .observability.hub import get_hub
 from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelCard, ModelList

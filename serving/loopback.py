@@ -2,7 +2,8 @@
 
 Why: Ray on Linux swaps a 127.0.0.1 node address for the host's routable one, and its gRPC servers then listen
 on every interface; Serve 2.60 also binds each replica's inter-deployment gRPC server to `[::]`, whatever the
-node address. A single-machine `tide serve` should expose nothing but the port the user asked for.
+node address. A single-machine `tide serve` should expose nothing but the port the user asked for. The decisions
+live here; the wrap of Serve's gRPC bind is in serving/patches/ray_loopback.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def loopback_only() -> None:
     from ray._private import ray_constants
 
     os.environ.update(LOOPBACK_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; the one Ray internal set outside patches/
 
 
 def joining(address: str | None) -> None:
@@ -58,23 +59,6 @@ def replica_grpc_address(requested: str, node_ip: str) -> str:
         host = f"[{node_ip}]" if ":" in node_ip else node_ip
         return f"{host}:{requested.rsplit(':', 1)[1]}"
     return requested
-
-
-def bind_replica_grpc_to_node() -> None:
-    """Called in each Tide replica's constructor, before Serve starts that replica's gRPC server."""
-    import ray
-    from ray.serve._private import replica
-
-    original = replica.add_port_to_grpc_server
-    if getattr(original, "_tide_loopback", False):
-        return
-    node_ip = ray.util.get_node_ip_address()
-
-    def add_port(server, address):  # type: ignore[no-untyped-def]
-        return original(server, replica_grpc_address(address, node_ip))
-
-    add_port._tide_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = add_port
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,7 @@ from ray import serve
 from ..config import ModelConfig
 from ..errors import engine_dead
 from ..faults import engine_stuck
-from ..loopback import bind_replica_grpc_to_node
+from ..patches.ray_loopback import bind_replica_grpc_to_node
 from ..lora import lora_request, public_name
 from ..placement import bind_setting
 
