@@ -122,8 +122,11 @@ def test_clients_and_yaml_writers_never_reach_the_engine(module):
     assert not any(_in(m, "serving.replica") for m in reached), sorted(reached)
 
 
-@pytest.mark.parametrize("module", ["autoscale.policy", "autoscale.routing", "autoscale.startup", "autoscale.controller",
-                                    "serving.gate.admission", "serving.gate.auth", "serving.gate.ratelimit",
-                                    "serving.placement", "serving.rollout", "serving.validation", "serving.vllm_errors"])
+@pytest.mark.parametrize("module", ["autoscale.policy", "autoscale.load", "autoscale.routing", "autoscale.startup",
+                                    "autoscale.controller", "serving.gate.admission", "serving.gate.auth",
+                                    "serving.gate.ratelimit", "serving.gate.guard", "serving.errors", "serving.faults",
+                                    "serving.coldstart", "serving.protocol", "serving.placement", "serving.rollout",
+                                    "serving.validation", "serving.vllm_errors", "serving.observability.metrics",
+                                    "serving.observability.prometheus"])
 def test_pure_decisions_import_no_ray_vllm_or_web_framework(module):
     assert not third_party(module) & {"ray", "vllm", "fastapi", "starlette", "uvicorn", "torch"}, third_party(module)
