@@ -1,7 +1,8 @@
 """Tide's autoscaling policy: replicas from engine queue depth, as a pure function.
 
 No Ray, no clock, no I/O: the caller passes the time, each replica's engine stats and the state the last
-call returned. Serve calls it through `autoscale.serve_policy` and `autoscale.controller.step`; the simulator calls the same step.
+call returned. Serve calls it through `autoscale.serve_policy` and `autoscale.controller.step`; the
+simulator calls the same step.
 
 The model: a replica serves `replica_capacity` requests at once (its batch); requests beyond that wait in
 the engine's queue. Demand = running + waiting (+ requests queued before any replica). We scale up fast
@@ -14,7 +15,8 @@ is about to preempt even if its waiting queue still looks short.
 
 Two steps, so that a fleet of 10,000 replicas can be summarised vectorised (the simulator) and still reach
 the very same decision code: `summarize()` turns per-replica stats into one `Load`; `decide_load()` decides
-on that `Load`. `decide()` is both in one call (what Serve uses).
+on that `Load`, through named steps (observe, bounds, wake from zero, scale up, scale to zero, scale down).
+`decide()` is both in one call. The types (stats, Load, Decision, the typed state) are in autoscale/load.py.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 `start_engine` gives a replica its engine (env and CPU pinning first, tensor/pipeline groups, the reaper);
 `ReplicaBase` is what Serve and the front talk to on any replica: health, stats pushed to the hub and
 reported to the autoscaler, vLLM's own OpenAI app on the engine, this replica's HTTP server behind the
-HAProxy front, and its graceful stop. `serving.engine.LLMServer` (chat and completions, LoRA) and
-`serving.embeddings.EmbeddingServer` (a pooling engine) add only their constructor and `info`.
+HAProxy front, and its graceful stop. `serving.replica.llm.LLMServer` (chat and completions, LoRA) and
+`serving.replica.embeddings.EmbeddingServer` (a pooling engine) add only their constructor and `info`.
 """
 
 from __future__ import annotations
