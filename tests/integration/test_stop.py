@@ -72,13 +72,27 @@ def wait_gone(procs: list[psutil.Process], limit_s: float) -> list[str]:
     return left
 
 
+def _where() -> list[str]:
+    """Every Serve replica and VLLM process on the machine with its ancestors (for failure messages: a clean
+    clone once found no replica under a healthy `tide serve`)."""
+    out = []
+    for p in psutil.process_iter():
+        cmd = _cmd(p)
+        if cmd.startswith(("ray::ServeReplica", "VLLM::")):
+            try:
+                out.append(f"{p.pid}:{cmd[:48]} <- {' <- '.join(f'{a.pid}:{a.name()[:20]}' for a in p.parents())}")
+            except psutil.Error:
+                pass
+    return out
+
+
 def wait_for(what: str, fn, limit_s: float):
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if (v := fn()):
             return v
         time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {limit_s:.0f}s")
+    raise AssertionError(f"{what}: not within {limit_s:.0f}s", _where())
 
 
 @contextmanager
@@ -143,7 +157,7 @@ def ray_kill_replica(address: str) -> None:
 def test_a_killed_replica_takes_its_engine_along_and_ctrl_c_leaves_nothing(tmp_path):
     with tide_serve(tmp_path, chat_only=True) as (proc, url):
         # SIGKILL: the actor cannot run any shutdown of its own
-        actor = wait_for("a replica with an engine", lambda: replica(proc.pid), 60)
+        actor = wait_for("a replica with an engine", lambda: replica(proc.pid), 120)
         its_engines = engines(tree(actor.pid))
         assert its_engines, "the replica has no VLLM:: process"
         actor.kill()
