@@ -167,12 +167,13 @@ async def run_policy(name: str, trace: list[tuple[str, float, int]], tmp: Path) 
                        "replicas": {"min": 1, "max": 2, "num_cpus": 0.5}, **POLICIES[name]}]}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    srv = Server(name, [str(Path(sys.executable).parent / "tide"), "serve", str(path)], port)
+    srv = Server(name, [[str(Path(sys.executable).parent / "tide"), "serve", str(path)]],
+                 [(f"http://127.0.0.1:{port}", "tiny")])
     print(f"{name}: starting", flush=True)
     srv.start(tmp)
     try:
         await wait_ready(srv)
-        return await run_trace(srv.url, trace)
+        return await run_trace(srv.targets[0][0], trace)
     finally:
         srv.stop()
 

@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -61,15 +60,10 @@ def start_server(config: Path, port: int, log: Path, ray_address: str) -> subpro
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=90)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_serving import stop_group
+
+    stop_group(proc, 90)
 
 
 async def wait_ready(url: str, models: list[str], proc: subprocess.Popen, timeout_s: float = 900) -> float:
