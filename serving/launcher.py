@@ -167,9 +167,9 @@ def shutdown(owns_ray: bool, serve_timeout_s: float = 5.0, ray_timeout_s: float 
     if not owns_ray:
         graceful()
         return
-    import psutil
+    from .proctree import descendants
 
-    ours = psutil.Process().children(recursive=True)  # before Ray stops: its agents outlive the raylet otherwise
+    ours = descendants(os.getpid())  # before Ray stops: its agents outlive the raylet otherwise
     if _local_ray_alive():
         for step, limit in ((graceful, serve_timeout_s), (ray.shutdown, ray_timeout_s)):
             t = threading.Thread(target=step, name=f"tide-stop-{step.__name__}", daemon=True)
@@ -200,7 +200,9 @@ def _kill_own_processes(known: list | None = None, grace_s: float = 1.5) -> None
     of `known` (seen below it earlier, perhaps re-parented since) that still run."""
     import psutil
 
-    procs = psutil.Process().children(recursive=True)
+    from .proctree import descendants
+
+    procs = descendants(os.getpid())
     procs += [p for p in known or [] if p not in procs and p.is_running()]
     for p in procs:
         try:

@@ -16,6 +16,8 @@ import psutil
 import pytest
 import yaml
 
+from serving.proctree import descendants
+
 from .headnode import controller_log_lines, ray_head, ray_node, tide, tiny_config, wait_healthy
 
 pytestmark = pytest.mark.integration
@@ -71,7 +73,7 @@ def _titled(p: psutil.Process, title: str) -> bool:
 
 
 def _procs(pids: list[int], title: str) -> list[psutil.Process]:
-    return [p for pid in pids for p in psutil.Process(pid).children(recursive=True) if _titled(p, title)]
+    return [p for pid in pids for p in descendants(pid) if _titled(p, title)]
 
 
 def _where(title: str) -> list[str]:
@@ -113,8 +115,9 @@ def _diagnose(head, node_pid: int, model: str) -> tuple:
     return (head.pid, node_pid, _where("VLLM::"), _serve_log(head, f"model-{model}"), stages, node_log)
 
 
-@pytest.mark.xfail(strict=False, reason="clean clones and CI sometimes find a group's workers missing under the test "
-                   "raylets (not root-caused; the failure message prints where every VLLM process is)")
+@pytest.mark.xfail(strict=False, reason="clean clones and CI sometimes found a group's workers missing under the test "
+                   "raylets (not root-caused: the walk no longer uses psutil's children(), see serving/proctree.py; "
+                   "the failure message prints where every VLLM process is)")
 def test_tensor_and_pipeline_parallel_answer_the_one_worker_engines_token_ids(cluster, tide_url):
     url, head, node_pid = cluster
     for prompt in PROMPTS:
@@ -140,8 +143,9 @@ def test_status_counts_a_parallel_replica_as_its_whole_group(cluster):
     assert models["tiny-tp"]["gpus"] == 0 and models["tiny-tp"]["running"] == 1
 
 
-@pytest.mark.xfail(strict=False, reason="clean clones and CI sometimes find a group's workers missing under the test "
-                   "raylets (not root-caused; the failure message prints where every VLLM process is)")
+@pytest.mark.xfail(strict=False, reason="clean clones and CI sometimes found a group's workers missing under the test "
+                   "raylets (not root-caused: the walk no longer uses psutil's children(), see serving/proctree.py; "
+                   "the failure message prints where every VLLM process is)")
 def test_a_killed_tensor_parallel_worker_replaces_the_whole_group_and_fails_no_request(cluster):
     url, head, node_pid = cluster
     before = _wait_procs([head.pid, node_pid], "VLLM::Worker_TP", 2, 90)
