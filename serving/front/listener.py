@@ -11,15 +11,18 @@ HAProxy gets the socket as an inherited descriptor (`bind fd@N`), so:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 logger = logging.getLogger("tide.front")
 BACKLOG = 4096
+START_RACE_S = 10.0  # two fronts starting together: the one that lost the bind waits this long for the other
 
 
 def _folder(port: int) -> Path:
@@ -50,10 +53,31 @@ def _take(path: Path) -> socket.socket | None:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(BACKLOG)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
     return sock
+
+
+def _take_or_bind(path: Path, host: str, port: int) -> tuple[socket.socket, bool]:
+    """The socket another front holds (and True), else a new one. Two fronts that start at once
+    (`ingress_replicas` > 1 on one node) race: the one whose bind finds the port taken asks the winner until it
+    answers."""
+    deadline = time.monotonic() + START_RACE_S
+    while True:
+        sock = _take(path)
+        if sock is not None:
+            return sock, True
+        try:
+            return _bind(host, port), False
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 class SharedListener:
@@ -62,10 +86,7 @@ class SharedListener:
 
     def __init__(self, host: str, port: int):
         self.path = _folder(port) / "listener.sock"
-        self.sock = _take(self.path)
-        self.taken = self.sock is not None
-        if self.sock is None:
-            self.sock = _bind(host, port)
+        self.sock, self.taken = _take_or_bind(self.path, host, port)
         self.sock.set_inheritable(True)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
