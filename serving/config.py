@@ -288,7 +288,9 @@ class ServerConfig(_Strict):
     )
     max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
     ingress_replicas: PositiveInt = Field(
-        1, description="Copies of the HTTP ingress deployment (with direct_ingress: at most one per node)."
+        1, description="Copies of the HTTP ingress deployment. With `front: haproxy` each runs its own HAProxy, and "
+        "those on one node accept from one shared socket, so a front that dies loses no waiting connection; with "
+        "`front: ingress` and direct ingress, at most one per node."
     )
     direct_ingress: bool = Field(
         True,
@@ -330,6 +332,19 @@ class ServerConfig(_Strict):
                 return self
             raise ValueError("server.front: haproxy needs server.direct_ingress: true (the ingress behind it "
                              "listens on its own port)")
+        return self
+
+    @model_validator(mode="after")
+    def _limits_in_one_ingress(self) -> "ServerConfig":
+        a = self.auth
+        limited = [k.name for k in a.keys if k.requests_per_minute or k.tokens_per_minute]
+        if a.env_requests_per_minute or a.env_tokens_per_minute:
+            limited.append(f"${a.keys_env}")
+        n = self.ingress_replicas
+        if n > 1 and limited:
+            raise ValueError(f"server.ingress_replicas: {n} with per-key limits ({', '.join(limited)}): each ingress "
+                             f"keeps its own buckets, so the limits would allow {n}x what they say; use one ingress "
+                             "replica with limits")
         return self
 
     def private_ingress_port(self) -> int:

@@ -80,3 +80,18 @@ def test_serves_own_policy_is_refused_behind_the_haproxy_front():
         parse_config({"models": [model]})
     assert parse_config({"server": {"front": "ingress"}, "models": [model]}).models[0].autoscaling_policy == "serve"
     assert parse_config({"models": [{**model, "replicas": {"min": 2, "max": 2}}]})  # fixed size: nothing to see
+
+
+def test_per_key_limits_are_refused_with_more_than_one_ingress():
+    """Each ingress keeps its own buckets: two would let a key through at twice its limit."""
+    key = {"name": "k", "sha256": "a" * 64, "requests_per_minute": 2}
+    with pytest.raises(ConfigError, match=r"server\.ingress_replicas: 2 with per-key limits \(k\)"):
+        parse_config({"server": {"ingress_replicas": 2, "auth": {"keys": [key]}},
+                      "models": [{"name": "m", "model": "x"}]})
+    with pytest.raises(ConfigError, match=r"per-key limits \(\$TIDE_API_KEYS\)"):
+        parse_config({"server": {"ingress_replicas": 3, "auth": {"env_tokens_per_minute": 100}},
+                      "models": [{"name": "m", "model": "x"}]})
+    unlimited = {**key, "requests_per_minute": None}
+    assert parse_config({"server": {"ingress_replicas": 2, "auth": {"keys": [unlimited]}},
+                         "models": [{"name": "m", "model": "x"}]}).server.ingress_replicas == 2
+    assert parse_config({"server": {"auth": {"keys": [key]}}, "models": [{"name": "m", "model": "x"}]})
