@@ -89,11 +89,15 @@ class SharedListener:
         self.sock, self.taken = _take_or_bind(self.path, host, port)
         self.sock.set_inheritable(True)
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound under a name of its own, then renamed over the shared one in one step: fronts that take the socket
+        # at once would otherwise both unlink the old name and race to bind it (the loser gets EADDRINUSE).
+        mine = self.path.with_name(f"listener.{os.getpid()}.{threading.get_ident()}.sock")
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # the process that had it keeps its socket open; asks now come here
-        self._server.bind(str(self.path))
+            mine.unlink()
+        self._server.bind(str(mine))
         self._server.listen(8)
-        self._inode = self.path.stat().st_ino
+        self._inode = mine.stat().st_ino
+        os.replace(mine, self.path)  # the process that had it keeps its socket open; asks now come here
         self._closed = threading.Event()
         threading.Thread(target=self._hand_out, name="tide-front-listener", daemon=True).start()
 
