@@ -289,8 +289,9 @@ class ServerConfig(_Strict):
     max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="Largest request body accepted (413 above).")
     ingress_replicas: PositiveInt = Field(
         1, description="Copies of the HTTP ingress deployment. With `front: haproxy` each runs its own HAProxy, and "
-        "those on one node accept from one shared socket, so a front that dies loses no waiting connection; with "
-        "`front: ingress` and direct ingress, at most one per node."
+        "those on one node accept from one shared socket, so a front that dies loses no waiting connection; every "
+        "front sends keys with limits to one of them, so the limits hold for all. With `front: ingress` and "
+        "direct ingress, at most one per node, and per-key limits need one ingress."
     )
     direct_ingress: bool = Field(
         True,
@@ -341,10 +342,11 @@ class ServerConfig(_Strict):
         if a.env_requests_per_minute or a.env_tokens_per_minute:
             limited.append(f"${a.keys_env}")
         n = self.ingress_replicas
-        if n > 1 and limited:
-            raise ValueError(f"server.ingress_replicas: {n} with per-key limits ({', '.join(limited)}): each ingress "
-                             f"keeps its own buckets, so the limits would allow {n}x what they say; use one ingress "
-                             "replica with limits")
+        if n > 1 and limited and self.front == "ingress":  # behind HAProxy, one leader ingress governs them
+            raise ValueError(f"server.ingress_replicas: {n} with per-key limits ({', '.join(limited)}) and "
+                             f"server.front: ingress: each ingress keeps its own buckets, so the limits would allow "
+                             f"{n}x what they say; use front: haproxy (limits then hold across fronts) or one "
+                             "ingress replica")
         return self
 
     def private_ingress_port(self) -> int:

@@ -10,8 +10,12 @@ possible replica; the front's loop fills, drains and frees slots from the replic
 What HAProxy cannot decide goes to an ingress replica (its `ingress` backend: every ingress replica of the
 cluster, one slot each, so a front outlives the ingress that started it), which governs it as before:
 every route but the three model routes, a model with no running replica (the cold-start holder), a body whose
-`model` is past the buffer, a key with rate limits (their token settle lives in the ingress), a missing or
-wrong key (the ingress's 401), an unknown model (its 404).
+`model` is past the buffer, a missing or wrong key (the ingress's 401), an unknown model (its 404).
+
+Every request with a key that has rate limits, on any route, goes to one ingress of the cluster, the same one
+from every front, so that its buckets and token settle hold for all fronts together: the `governor` backend
+holds the ingresses in the order of their addresses and takes the first one up (`balance first`), so fronts
+that know the same ingresses pick the same one, and the same next one when it is down.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 BUFFER_BYTES = 65536  # HAProxy's tune.bufsize: a `model` within this much of the body is routed by the front
 SLOT_PREFIX = "r"
 INGRESS = "ingress"  # the backend of the ingress replicas (the governed path)
+GOVERNOR = "governor"  # the backend of keys with rate limits: one ingress, the same from every front
 INGRESS_SLOTS = 16  # ingress replicas one front can know at once (one per node, two while one rolls)
 INGRESS_CHECK = "check inter 1s fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down"
 AFFINITY_CHARS = 512  # the prompt's head that picks a replica (a chat's system prompt, a few-shot preamble)
@@ -54,6 +59,7 @@ class FrontSpec:
     x_api_key: bool = True  # `x-api-key` is accepted besides `Authorization: Bearer`
     listen_fd: int | None = None  # the public port's socket, inherited (serving/front/listener.py)
     ingresses: tuple[str, ...] = ()  # ingress replicas known at start (their slots are filled in the config)
+    limited_keys: tuple[str, ...] = ()  # SHA-256 digests of keys with rate limits: all go to one ingress
 
 
 def backend(i: int) -> str:
@@ -61,11 +67,13 @@ def backend(i: int) -> str:
 
 
 def maps(spec: FrontSpec) -> dict[str, str]:
-    """The map files the config reads: model name -> backend, key digest -> 1, backend -> Retry-After."""
+    """The map files the config reads: model name -> backend, key digest -> 1 (fast keys, limited keys),
+    backend -> Retry-After."""
     models = "".join(f"{n} {backend(i)}\n" for i, m in enumerate(spec.models) for n in m.names)
     keys = "".join(f"{d} 1\n" for d in spec.fast_keys)
+    limited = "".join(f"{d} 1\n" for d in spec.limited_keys)
     retry = "".join(f"{backend(i)} 1\n" for i in range(len(spec.models)))
-    return {"models.map": models, "keys.map": keys, "retry.map": retry}
+    return {"models.map": models, "keys.map": keys, "limited.map": limited, "retry.map": retry}
 
 
 def _error_file(status: int, reason: str, message: str, kind: str, code: str) -> str:
@@ -158,20 +166,26 @@ def render(spec: FrontSpec, folder: Path) -> str:
         f"    http-request set-header x-tide-max-timeout {spec.request_timeout_s:g}",
         f"    http-request set-header x-tide-max-body {spec.max_body_bytes}",
     ]
+    # the key's digest on every route when some keys have limits (they go to one ingress whatever the route),
+    # else on the model routes only
+    keyed = "" if spec.limited_keys else "{ var(txn.be) -m found } "
+    uses = []
     if spec.auth:
         lines += [
             "    http-request set-var(txn.key) req.hdr(authorization),regsub('^[Bb]earer +',''),digest(sha256),hex,"
-            "lower if { var(txn.be) -m found } { req.hdr(authorization) -m found }",
+            f"lower if {keyed}{{ req.hdr(authorization) -m found }}",
         ]
         if spec.x_api_key:
             lines.append("    http-request set-var(txn.key) req.hdr(x-api-key),digest(sha256),hex,lower if "
-                         "{ var(txn.be) -m found } !{ req.hdr(authorization) -m found } { req.hdr(x-api-key) -m found }")
+                         f"{keyed}!{{ req.hdr(authorization) -m found }} {{ req.hdr(x-api-key) -m found }}")
         lines += [
             f"    acl key_ok var(txn.key),map_str({f}/keys.map,0) -m str 1",
         ]
+        if spec.limited_keys:
+            lines.append(f"    acl limited var(txn.key),map_str({f}/limited.map,0) -m str 1")
+            uses.append(f"    use_backend {GOVERNOR} if limited")
     else:
         lines.append("    acl key_ok always_true")
-    uses = []
     for i, m in enumerate(spec.models):
         b = backend(i)
         on = f"is_{b} up_{b} key_ok"
@@ -184,8 +198,7 @@ def render(spec: FrontSpec, folder: Path) -> str:
         ]
         uses += [f"    use_backend full_{b} if {on} {{ var(txn.room) -m int le 0 }}", f"    use_backend {b} if {on}"]
     lines += [*uses, f"    default_backend {INGRESS}", ""]
-    host, _, port = spec.ingress.rpartition(":")
-    ingress = f"{host or '127.0.0.1'}:{port or 1}{'' if spec.ingress else ' disabled'}"
+    ingress = _backup_address(spec)
     for i, m in enumerate(spec.models):
         lines += [
             f"backend {backend(i)}",
@@ -205,18 +218,48 @@ def render(spec: FrontSpec, folder: Path) -> str:
             f"\"%[str({backend(i)}),map_str({f}/retry.map,1)]\" file {f}/{backend(i)}.429.json",
             "",
         ]
-    lines += [
-        f"backend {INGRESS}",
-        "    retry-on conn-failure",
-        # one slot per ingress replica, the ones known at start filled in (the loop keeps them current from the
-        # hub): a refused connection (a stopping ingress closed its listener) marks that one down and the
-        # request goes to another
-        *[f"    server {SLOT_PREFIX}{i} {addr} {INGRESS_CHECK}" for i, addr in enumerate(spec.ingresses, 1)],
-        f"    server-template {SLOT_PREFIX} {len(spec.ingresses) + 1}-{INGRESS_SLOTS} 127.0.0.1:1 disabled "
-        f"{INGRESS_CHECK}",
-        "",
-    ]
+    lines += [*_ingress_backend(INGRESS, spec), ""]
+    if spec.limited_keys:
+        lines += [*_ingress_backend(GOVERNOR, spec), ""]
     return "\n".join(lines)
+
+
+def _ingress_backend(name: str, spec: FrontSpec) -> list[str]:
+    """One slot per ingress replica, the ones known at start filled in (the loop keeps them current from the
+    hub): a refused connection (a stopping ingress closed its listener) marks that one down and the request goes
+    to another. The governor's slots are in address order and it takes the first one up."""
+    known = governor_order(spec.ingresses) if name == GOVERNOR else spec.ingresses
+    return [
+        f"backend {name}",
+        *(["    balance first"] if name == GOVERNOR else []),
+        "    retry-on conn-failure",
+        *[f"    server {SLOT_PREFIX}{i} {addr} {INGRESS_CHECK}" for i, addr in enumerate(known, 1)],
+        f"    server-template {SLOT_PREFIX} {len(known) + 1}-{INGRESS_SLOTS} 127.0.0.1:1 disabled {INGRESS_CHECK}",
+        # while its slots move (an ingress came or went, a moved slot not yet checked up), the front's own ingress
+        *([f"    server ingress {_backup_address(spec)} backup"] if name == GOVERNOR else []),
+    ]
+
+
+def _backup_address(spec: FrontSpec) -> str:
+    host, _, port = spec.ingress.rpartition(":")
+    return f"{host or '127.0.0.1'}:{port or 1}{'' if spec.ingress else ' disabled'}"
+
+
+def governor_order(ingresses: "set[str] | tuple[str, ...]") -> tuple[str, ...]:
+    """The governor's slots, first to last: the same in every front that knows the same ingresses."""
+    return tuple(sorted(ingresses))[:INGRESS_SLOTS]
+
+
+def governor_commands(before: tuple[str, ...], after: tuple[str, ...]) -> list[str]:
+    """Runtime API commands that turn the governor's slots from `before` into `after` (governor_order)."""
+    cmds = []
+    for i, addr in enumerate(after, 1):
+        if i > len(before) or before[i - 1] != addr:
+            host, _, port = addr.rpartition(":")
+            cmds += [f"set server {GOVERNOR}/{SLOT_PREFIX}{i} addr {host} port {port}",
+                     f"set server {GOVERNOR}/{SLOT_PREFIX}{i} state ready"]
+    cmds += [f"set server {GOVERNOR}/{SLOT_PREFIX}{i} state maint" for i in range(len(after) + 1, len(before) + 1)]
+    return cmds
 
 
 def ingress_table(spec: FrontSpec) -> "Table":
@@ -225,10 +268,12 @@ def ingress_table(spec: FrontSpec) -> "Table":
 
 
 def backup_commands(spec: FrontSpec, address: str) -> list[str]:
-    """Point every model backend's backup server (its requests when no replica can take them) at `address`."""
+    """Point every model backend's backup server (its requests when no replica can take them), and the
+    governor's, at `address`."""
     host, _, port = address.rpartition(":")
-    return [c for i in range(len(spec.models)) for c in (f"set server {backend(i)}/ingress addr {host} port {port}",
-                                                        f"set server {backend(i)}/ingress state ready")]
+    servers = [backend(i) for i in range(len(spec.models))] + ([GOVERNOR] if spec.limited_keys else [])
+    return [c for be in servers for c in (f"set server {be}/ingress addr {host} port {port}",
+                                          f"set server {be}/ingress state ready")]
 
 
 def write_files(spec: FrontSpec, folder: Path) -> Path:

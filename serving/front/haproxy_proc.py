@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, ingress_table,
-                      plan_slots, rejected_counts, write_files)
+from .haproxy import (INGRESS, INGRESS_SLOTS, FrontSpec, Table, backend, backup_commands, governor_commands,
+                      governor_order, ingress_table, plan_slots, rejected_counts, write_files)
 from .listener import SharedListener
 
 logger = logging.getLogger("tide.front")
@@ -137,6 +137,7 @@ class FrontLoop:
         self.own: str | None = None
         self.ingress_table: Table = {}
         self.backup = ""  # where the model backends' backup server points
+        self.governor: tuple[str, ...] = ()  # the governor's slots, first to last (keys with limits)
         self._retry: dict[str, int] = {}  # Retry-After seconds HAProxy has per model backend
         self._base: dict[str, int] = {}  # counts of HAProxy processes that have since been replaced
         self.index = {m.name: backend(i) for i, m in enumerate(front.spec.models)}
@@ -188,8 +189,12 @@ class FrontLoop:
             self.front.spec = replace(self.front.spec, ingress=self.backup, ingresses=tuple(sorted(ingresses)))
             self.front.start()
             self.table, self.ingress_table, self._retry = {}, ingress_table(self.front.spec), {}
+            self.governor = governor_order(self.front.spec.ingresses)
         self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
                                               {INGRESS: INGRESS_SLOTS})
+        if self.front.spec.limited_keys and governor_order(ingresses) != self.governor:
+            cmds += governor_commands(self.governor, governor_order(ingresses))  # keys with limits: one ingress
+            self.governor = governor_order(ingresses)
         backup = self.own or (self.backup if self.backup in ingresses else min(ingresses, default=""))
         if backup and backup != self.backup:
             cmds += backup_commands(self.front.spec, backup)
@@ -236,7 +241,8 @@ class FrontLoop:
 
 def start_front(server: Any, cold: Mapping[str, Any], ring: Any) -> FrontLoop:
     """HAProxy on `server.host:port` for the models in `cold` (the ingress's per-model settings) and its loop.
-    Only keys without rate limits may skip the ingress: their token settle and shared buckets live there."""
+    Only keys without rate limits may skip the ingress; those with limits all go to one ingress (the same from
+    every front), whose buckets and token settle then hold across fronts."""
     import ray
 
     from ..gate.admission import retry_after_s
@@ -246,8 +252,9 @@ def start_front(server: Any, cold: Mapping[str, Any], ring: Any) -> FrontLoop:
     models = tuple(FrontModel(n, (n, *(a["id"] for a in c.adapters)), c.slots, c.admission.max_queued,
                               c.max_replicas) for n, c in cold.items())
     fast = tuple(e.sha256 for e in ring.entries if e.requests_per_minute is None and e.tokens_per_minute is None)
+    limited = tuple(e.sha256 for e in ring.entries if e.sha256 not in fast)
     spec = FrontSpec(server.host, server.port, "", models, ring.enabled, fast, server.request_timeout_s,
-                     max_body_bytes=server.max_body_bytes, x_api_key=ring.accept_x_api_key)
+                     max_body_bytes=server.max_body_bytes, x_api_key=ring.accept_x_api_key, limited_keys=limited)
     front = HAProxy(spec)  # started by the loop, once this replica's own server listens
     lo = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "0"))
     hi = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "0"))

@@ -82,16 +82,20 @@ def test_serves_own_policy_is_refused_behind_the_haproxy_front():
     assert parse_config({"models": [{**model, "replicas": {"min": 2, "max": 2}}]})  # fixed size: nothing to see
 
 
-def test_per_key_limits_are_refused_with_more_than_one_ingress():
-    """Each ingress keeps its own buckets: two would let a key through at twice its limit."""
+def test_per_key_limits_with_more_than_one_ingress_need_the_haproxy_front():
+    """With `front: ingress` each ingress keeps its own buckets: two would let a key through at twice its limit.
+    Behind HAProxy every front sends such keys to one leader ingress, so the limits hold."""
     key = {"name": "k", "sha256": "a" * 64, "requests_per_minute": 2}
-    with pytest.raises(ConfigError, match=r"server\.ingress_replicas: 2 with per-key limits \(k\)"):
-        parse_config({"server": {"ingress_replicas": 2, "auth": {"keys": [key]}},
+    with pytest.raises(ConfigError, match=r"server\.ingress_replicas: 2 with per-key limits \(k\) and "
+                                          r"server\.front: ingress"):
+        parse_config({"server": {"front": "ingress", "ingress_replicas": 2, "auth": {"keys": [key]}},
                       "models": [{"name": "m", "model": "x"}]})
     with pytest.raises(ConfigError, match=r"per-key limits \(\$TIDE_API_KEYS\)"):
-        parse_config({"server": {"ingress_replicas": 3, "auth": {"env_tokens_per_minute": 100}},
+        parse_config({"server": {"front": "ingress", "ingress_replicas": 3, "auth": {"env_tokens_per_minute": 100}},
                       "models": [{"name": "m", "model": "x"}]})
     unlimited = {**key, "requests_per_minute": None}
-    assert parse_config({"server": {"ingress_replicas": 2, "auth": {"keys": [unlimited]}},
+    assert parse_config({"server": {"front": "ingress", "ingress_replicas": 2, "auth": {"keys": [unlimited]}},
+                         "models": [{"name": "m", "model": "x"}]}).server.ingress_replicas == 2
+    assert parse_config({"server": {"ingress_replicas": 2, "auth": {"keys": [key]}},
                          "models": [{"name": "m", "model": "x"}]}).server.ingress_replicas == 2
     assert parse_config({"server": {"auth": {"keys": [key]}}, "models": [{"name": "m", "model": "x"}]})

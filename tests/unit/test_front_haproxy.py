@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from serving.front.haproxy import (INGRESS, INGRESS_SLOTS, FrontModel, FrontSpec, Slot, backend, maps, plan_slots,
-                                   rejected_counts, render, write_files)
+from serving.front.haproxy import (INGRESS, INGRESS_SLOTS, FrontModel, FrontSpec, Slot, backend, governor_commands,
+                                   governor_order, maps, plan_slots, rejected_counts, render, write_files)
 from serving.front.haproxy_proc import FrontLoop, HAProxy, haproxy_binary
 from serving.launcher import free_port
 
@@ -80,16 +80,35 @@ def test_a_replica_reported_under_another_model_moves():
 
 # ---- the config ----
 
+def test_the_governor_keeps_the_ingresses_in_address_order():
+    """Keys with limits go to the first ingress up in this order: any two fronts that know the same ingresses
+    hold them in the same slots, whatever order they learnt them in."""
+    assert governor_order({"h:2", "h:1", "h:3"}) == ("h:1", "h:2", "h:3") == governor_order(("h:3", "h:1", "h:2"))
+    assert len(governor_order({f"h:{i}" for i in range(40)})) == INGRESS_SLOTS
+    assert governor_commands((), ("h:1", "h:2")) == [
+        "set server governor/r1 addr h port 1", "set server governor/r1 state ready",
+        "set server governor/r2 addr h port 2", "set server governor/r2 state ready"]
+    assert governor_commands(("h:1", "h:2"), ("h:1", "h:2")) == []
+    assert governor_commands(("h:1", "h:2"), ("h:2",)) == [  # the first left: the second moves up
+        "set server governor/r1 addr h port 2", "set server governor/r1 state ready",
+        "set server governor/r2 state maint"]
+    assert governor_commands(("h:2",), ("h:0", "h:2")) == [
+        "set server governor/r1 addr h port 0", "set server governor/r1 state ready",
+        "set server governor/r2 addr h port 2", "set server governor/r2 state ready"]
+
+
 def test_maps_name_every_model_and_adapter_and_only_fast_keys():
-    m = maps(spec(auth=True, fast_keys=("ab" * 32,)))
+    m = maps(spec(auth=True, fast_keys=("ab" * 32,), limited_keys=("cd" * 32,)))
     assert m["models.map"] == "tiny m0\ntiny:sql m0\nminilm m1\n"
     assert m["keys.map"] == f"{'ab' * 32} 1\n"
+    assert m["limited.map"] == f"{'cd' * 32} 1\n"
     assert m["retry.map"] == "m0 1\nm1 1\n"
 
 
-@pytest.mark.parametrize("auth", [False, True])
-def test_haproxy_accepts_the_config(tmp_path: Path, auth: bool):
-    s = spec(auth=auth, ingress="127.0.0.1:9", socket=str(tmp_path / "api.sock"))
+@pytest.mark.parametrize("auth,limited", [(False, ()), (True, ()), (True, ("cd" * 32,))])
+def test_haproxy_accepts_the_config(tmp_path: Path, auth: bool, limited: tuple[str, ...]):
+    s = spec(auth=auth, ingress="127.0.0.1:9", socket=str(tmp_path / "api.sock"), limited_keys=limited,
+             ingresses=("127.0.0.1:7", "127.0.0.1:8"))
     cfg = write_files(s, tmp_path)
     r = subprocess.run([haproxy_binary(), "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0 and "Warnings" not in r.stdout + r.stderr, r.stdout + r.stderr
@@ -373,3 +392,42 @@ def test_a_front_sends_the_governed_path_to_every_ingress_and_outlives_its_own()
         loop.stop()
         for stub in (new, replica):
             stub.shutdown()
+
+
+def test_keys_with_limits_go_to_one_ingress_from_every_front():
+    """Two fronts, each with its own ingress, that learnt the two in opposite orders (so their slots differ): a
+    key with rate limits goes, on every route, to the same ingress from both (whose buckets then count it once);
+    other governed requests spread over both. When that one stops listening, both send such keys to the other."""
+    a, b = Stub("ingress-a"), Stub("ingress-b")
+    hubs = [{"ingresses": {"x": {"http": s.addr, "time": time.time()}}, "replicas": {}} for s in (a, b)]
+    fast, limited = (hashlib.sha256(k.encode()).hexdigest() for k in (KEY, LIMITED))
+    loops = [FrontLoop(HAProxy(spec(auth=True, fast_keys=(fast,), limited_keys=(limited,))), lambda hub=hub: hub,
+                     lambda own=own: own, lambda model, rate: 1) for hub, own in zip(hubs, (a.addr, b.addr))]
+    bearer, header = {"authorization": f"Bearer {LIMITED}"}, {"x-api-key": LIMITED}
+    routes = [("/v1/completions", {"model": "tiny"}, bearer), ("/v1/models", None, bearer),
+              ("/v1/chat/completions", {"model": "tiny", "messages": []}, header),
+              ("/v1/responses", {"model": "tiny"}, bearer)] * 3
+    try:
+        for loop, hub in zip(loops, hubs):
+            loop.step()  # its own ingress in slot 1
+            hub["ingresses"] = {k: {"http": s.addr, "time": time.time()} for k, s in (("a", a), ("b", b))}
+            loop.step()  # the other one in slot 2
+        assert {addr: slot.index for addr, (slot, _) in loops[0].ingress_table.items()} == {a.addr: 1, b.addr: 2}
+        assert {addr: slot.index for addr, (slot, _) in loops[1].ingress_table.items()} == {b.addr: 1, a.addr: 2}
+        ports = [loop.front.spec.port for loop in loops]
+        chosen = {call(port, path, body, h)[1]["by"] for port in ports for path, body, h in routes}
+        assert len(chosen) == 1, chosen  # one ingress, from both fronts, on every route
+        for port in ports:
+            spread = {call(port, "/v1/models", None, {"authorization": "Bearer sk-wrong"})[1]["by"] for _ in range(8)}
+            assert spread == {a.name, b.name}  # the rest of the governed path: every ingress
+        gone, other = (a, b) if chosen == {a.name} else (b, a)
+        gone.shutdown()
+        gone.server_close()  # it stops listening; its report has not aged out of the hubs yet
+        for port in ports:
+            if port == ports[(a, b).index(gone)]:
+                continue  # (a front goes with its own ingress: the ingress's reaper stops it)
+            assert all(call(port, "/v1/models", None, bearer)[1]["by"] == other.name for _ in range(10))
+    finally:
+        for loop in loops:
+            loop.stop()
+        other.shutdown()
