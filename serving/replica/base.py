@@ -283,7 +283,7 @@ class ReplicaBase:
         """This engine's requests right now, straight from vLLM (tests and the soak benchmark time aborts by it)."""
         c = self.stats.counters
         return {"unfinished": self.engine.get_num_unfinished_requests(), "waiting": c.waiting, "running": c.running,
-                "aborted": c.aborted, "pid": os.getpid()}
+                "aborted": c.aborted, "finished": dict(c.success), "pid": os.getpid()}
 
     async def __del__(self):
         """Serve's graceful stop: behind the front, leave its table first and finish what is in flight."""
