@@ -3,7 +3,8 @@
 Starts `tide serve benchmarks/soak.yaml`, then for `--duration` seconds runs `--concurrency` closed-loop clients
 against model `tiny` (2 replicas): chat and text completions, half streamed, a share of them disconnected on
 purpose (mid-stream, or by a short client timeout). Half-way, one `tiny` replica actor is killed (`ray.kill`)
-and Serve replaces it. Meanwhile abort probes run one at a time on `tiny-probe` (one replica, no other
+and Serve replaces it. With `--deploy-at`, a rolling `tide deploy` (a changed engine argument and queue
+bound: the model's replicas and the ingress both roll) runs later in the same load. Meanwhile abort probes run one at a time on `tiny-probe` (one replica, no other
 traffic): a long request is disconnected and the time until that engine's own count of unfinished requests
 (`LLMServer.load`, polled through a DeploymentHandle) reaches 0 is its abort latency.
 
@@ -14,6 +15,7 @@ and abort latency p50/p99. Target: 0 lost requests, flat memory.
 
     python benchmarks/bench_soak.py                    # ~3 min of load, plus ~2 min of start-up
     python benchmarks/bench_soak.py --duration 1800    # a longer soak
+    python benchmarks/bench_soak.py --duration 600 --kill-at 0.3 --deploy-at 0.6   # plus a rolling deploy
 """
 
 from __future__ import annotations
@@ -264,6 +266,19 @@ async def soak(url: str, args: argparse.Namespace) -> dict:
                     pass  # the status page is not what is measured; keep asking
                 await asyncio.sleep(0.5)
 
+        async def deployer() -> None:
+            await asyncio.sleep(args.duration * args.deploy_at)
+            before = collections.Counter(outcomes)
+            t = time.monotonic()
+            print(f"tide deploy {args.changed_config} (rolls tiny and the ingress) under load", flush=True)
+            r = await asyncio.to_thread(run_deploy, args.changed_config, args.ray_address)
+            took = time.monotonic() - t
+            await asyncio.sleep(10)  # the old replicas' drains end; requests sent meanwhile finish
+            during = collections.Counter({k: n for k, n in (outcomes - before).items()})
+            state["deploy"] = {"at_s": round(t - t0, 1), "took_s": round(took, 1), "rc": r.returncode,
+                               "stderr": r.stderr[-500:] if r.returncode else "", "outcomes": dict(during)}
+            print(f"deploy done in {took:.0f}s (rc {r.returncode}); outcomes meanwhile: {dict(during)}", flush=True)
+
         ingress = [a["pid"] for a in await asyncio.to_thread(serve_actors) if a["role"] == "Ingress"]
 
         async def reporter() -> None:
@@ -274,6 +289,9 @@ async def soak(url: str, args: argparse.Namespace) -> dict:
                 probes = len(aborts["stream"]) + len(aborts["non-stream"])
                 sent = sum(outcomes.values()) + state["inflight"]
                 rss = rss_mb(ingress[0]) if ingress else None
+                if rss is None:  # the ingress rolled (a deploy): follow the new one
+                    ingress[:] = [a["pid"] for a in await asyncio.to_thread(serve_actors) if a["role"] == "Ingress"]
+                    rss = rss_mb(ingress[0]) if ingress else None
                 state["ingress_trace"].append((round(time.monotonic() - t0, 1), sent, rss))
                 print(f"[{time.monotonic() - t0:5.0f}s] sent {sent}, ok {outcomes['ok']}, disconnected "
                       f"{outcomes['disconnected']}, told {told}, lost {lost}, in flight {state['inflight']}, "
@@ -285,12 +303,15 @@ async def soak(url: str, args: argparse.Namespace) -> dict:
         helpers = [asyncio.ensure_future(f()) for f in (prober, reporter)]
         if args.kill_at < 1:
             helpers.append(asyncio.ensure_future(killer()))
+        deploying = asyncio.ensure_future(deployer()) if args.deploy_at < 1 else None
         await asyncio.sleep(warm_at)
         warm = {a["pid"]: rss_mb(a["pid"]) for a in await asyncio.to_thread(serve_actors)}
         await asyncio.sleep(max(0.0, args.duration - warm_at))
         stop.set()
         print("load stopped; waiting for requests in flight to end", flush=True)
         await asyncio.gather(*tasks)
+        if deploying is not None:
+            await deploying  # its count of outcomes ends 10 s after the deploy returns
         for h in helpers:
             h.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -328,6 +349,15 @@ def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespa
         lines += [f"Killed `{kill['name']}` (pid {kill['pid']}) at {kill['at_s']} s with {kill['inflight']} "
                   f"requests in flight; Serve had 2 replicas running again after "
                   f"{res['replaced_s'] if res['replaced_s'] is not None else 'more than the rest of the run'} s.", ""]
+    dep = res.get("deploy")
+    if dep:
+        o_dep = dep["outcomes"]
+        bad = sum(n for k, n in o_dep.items() if k.startswith(("told", "lost")))
+        lines += [f"Rolling `tide deploy` at {dep['at_s']} s (exit {dep['rc']}) took {dep['took_s']} s. Requests that "
+                  f"ended from its start to 10 s after it returned: {sum(o_dep.values())} "
+                  f"({o_dep.get('ok', 0)} answered, {o_dep.get('disconnected', 0)} disconnected on purpose, "
+                  f"**{bad} failed**{': ' + str({k: n for k, n in o_dep.items() if k not in ('ok', 'disconnected')}) if bad else ''}).",
+                  ""]
     lines += ["| process | pid | RSS idle start MB | RSS after warm-up MB | RSS end MB | end / warm-up |",
               "|---|---|---|---|---|---|"]
     by_pid = {a["pid"]: a for a in start + end}
@@ -358,19 +388,42 @@ def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespa
     return "\n".join(lines)
 
 
-def with_arena_max(config: Path, arenas: int | None) -> Path:
-    """A copy of `config` (under OUT, model paths made absolute) with the ingress's MALLOC_ARENA_MAX set."""
+def config_copy(config: Path, name: str, edit) -> Path:
+    """A copy of `config` under OUT (model paths made absolute), changed by `edit(data)`."""
     import yaml
 
     data = yaml.safe_load(config.read_text())
-    data.setdefault("server", {})["ingress_malloc_arena_max"] = arenas
     for m in data["models"]:
         local = (config.parent / m["model"]).resolve()
         if local.exists():
             m["model"] = str(local)
-    out = OUT / f"soak-arenas-{arenas or 'default'}.yaml"
+    edit(data)
+    out = OUT / name
     out.write_text(yaml.safe_dump(data))
     return out
+
+
+def with_arena_max(config: Path, arenas: int | None) -> Path:
+    """A copy of `config` with the ingress's MALLOC_ARENA_MAX set."""
+    return config_copy(config, f"soak-arenas-{arenas or 'default'}.yaml",
+                       lambda d: d.setdefault("server", {}).__setitem__("ingress_malloc_arena_max", arenas))
+
+
+def changed_for_deploy(config: Path) -> Path:
+    """What the rolling deploy sends: `tiny` with another max_num_seqs (its engines roll) and another queue bound
+    (the ingress rolls)."""
+    def edit(data: dict) -> None:
+        tiny = next(m for m in data["models"] if m["name"] == "tiny")
+        tiny["engine_args"]["max_num_seqs"] = tiny["engine_args"].get("max_num_seqs", 32) - 8
+        tiny["admission"] = {"max_queued": 500}
+
+    return config_copy(config, "soak-deploy.yaml", edit)
+
+
+def run_deploy(config: Path, ray_address: str) -> subprocess.CompletedProcess:
+    tide = Path(sys.executable).parent / "tide"
+    return subprocess.run([str(tide), "deploy", str(config), "--address", ray_address, "--timeout", "600"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=700)
 
 
 def main() -> None:
@@ -380,6 +433,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=6, help="closed-loop clients on `tiny`")
     ap.add_argument("--disconnect", type=float, default=0.15, help="share of requests disconnected on purpose")
     ap.add_argument("--kill-at", type=float, default=0.5, help="kill a replica at this fraction of the run (1: never)")
+    ap.add_argument("--deploy-at", type=float, default=1.0,
+                    help="run a rolling `tide deploy` (tiny's engines and the ingress change) at this fraction (1: never)")
     ap.add_argument("--probe-every", type=float, default=3.0, help="seconds between abort probes")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="client timeout per request (seconds)")
     ap.add_argument("--seed", type=int, default=0)
@@ -409,6 +464,7 @@ def main() -> None:
     print(f"Ray at {address}; starting tide serve {args.config} on {url} (log: {OUT / 'soak-serve.log'})",
           flush=True)
     proc = start_server(args.config, port, OUT / "soak-serve.log", address)
+    args.ray_address, args.changed_config = address, changed_for_deploy(args.config)
     try:
         asyncio.run(wait_ready(url, ["tiny", "tiny-probe"], proc))
         start = [{**a, "rss": rss_mb(a["pid"])} for a in serve_actors()]
