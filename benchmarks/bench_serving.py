@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 import aiohttp
-import psutil
 import yaml
 
+from cpu_account import breakdown, cpu_by_process, cpu_delta, start_spies
 from serving.launcher import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,33 +237,6 @@ async def run_load(targets: list[tuple[str, str]], concurrency: int, n_requests:
     return sum(x.tokens for x in samples) / wall, samples
 
 
-def cpu_by_process(srv: Server) -> dict[int, tuple[bool, float]]:
-    """CPU seconds so far of every process of `srv` (Ray's, HAProxy, the engines...), each marked whether it is
-    vLLM's EngineCore or a worker (process titles `VLLM::...`)."""
-    out = {}
-    for root in srv.procs:
-        try:
-            procs = [psutil.Process(root.pid), *psutil.Process(root.pid).children(recursive=True)]
-        except psutil.Error:
-            continue
-        for q in procs:
-            try:
-                t = q.cpu_times()
-                out[q.pid] = (" ".join(q.cmdline()).startswith("VLLM::"), t.user + t.system)
-            except psutil.Error:
-                pass
-    return out
-
-
-def cpu_delta(before: dict, after: dict) -> tuple[float, float]:
-    """(engine, everything else) CPU seconds spent between two `cpu_by_process` readings."""
-    engine = other = 0.0
-    for pid, (is_engine, t) in after.items():
-        d = t - before.get(pid, (is_engine, 0.0))[1]
-        engine, other = (engine + d, other) if is_engine else (engine, other + d)
-    return engine, other
-
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
@@ -331,19 +304,37 @@ async def main_async(a: argparse.Namespace) -> None:
                 for c in a.concurrency:
                     n = max(a.min_requests, c * a.requests_per_worker)
                     cpu0: dict = {}
-                    tps, samples = await run_load(srv.targets, c, n, a.max_tokens, srv.extra_body,
-                                                  on_start=lambda: cpu0.update(cpu_by_process(srv)))
-                    engine_s, other_s = cpu_delta(cpu0, cpu_by_process(srv))
-                    r = results.setdefault((name, c), {"tps": [], "samples": [], "other_ms": [], "engine_ms": []})
+                    spies: list[subprocess.Popen] = []
+                    profile = a.py_spy and rnd == 0 and c == top
+
+                    def started() -> None:
+                        cpu0.update(cpu_by_process([q.pid for q in srv.procs]))
+                        if profile:
+                            spies.extend(start_spies(cpu0, name, a.py_spy, out))
+
+                    tps, samples = await run_load(srv.targets, c, n, a.max_tokens, srv.extra_body, on_start=started)
+                    for spy in spies:
+                        try:
+                            spy.wait(a.py_spy + 30)
+                        except subprocess.TimeoutExpired:
+                            spy.kill()
+                    roles = cpu_delta(cpu0, cpu_by_process([q.pid for q in srv.procs]))
+                    engine_s = roles.get("engine", 0.0)
+                    other_s = sum(roles.values()) - engine_s
+                    r = results.setdefault((name, c), {"tps": [], "samples": [], "other_ms": [], "engine_ms": [],
+                                                       "roles_ms": []})
                     r["tps"].append(tps)
                     r["samples"].extend(samples)
                     r["other_ms"].append(1000 * other_s / n)
                     r["engine_ms"].append(1000 * engine_s / n)
+                    r["roles_ms"].append({k: 1000 * v / n for k, v in roles.items()})
                     p50 = pct([x.ttft_s for x in samples], 50) * 1000
                     print(f"  {name} c={c}: {tps:,.0f} tok/s, TTFT p50 {p50:.1f} ms ({n} requests)", flush=True)
             finally:
                 srv.stop()
     table = summarize(results, list(a.servers), a.concurrency)
+    table += "\n\nCPU ms per request outside the engine, by process (median over rounds):\n\n" + breakdown(
+        results, list(a.servers), a.concurrency)
     header = (f"Serving benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, tiny model, "
               f"{a.max_tokens} tokens/request streamed, {a.rounds} rounds alternating, {a.models} model(s)\n"
               f"command: python benchmarks/bench_serving.py {' '.join(sys.argv[1:])}\n")
@@ -352,7 +343,7 @@ async def main_async(a: argparse.Namespace) -> None:
     print("\n" + header + "\n" + table)
     (out / "serving.md").write_text(header + "\n" + table + "\n")
     raw = {f"{k[0]}@{k[1]}": {"tps": v["tps"], "ttft_s": [x.ttft_s for x in v["samples"]], "other_ms": v["other_ms"],
-                              "engine_ms": v["engine_ms"]} for k, v in results.items()}
+                              "engine_ms": v["engine_ms"], "roles_ms": v["roles_ms"]} for k, v in results.items()}
     (out / "serving.json").write_text(json.dumps(raw))
 
 
@@ -366,6 +357,9 @@ def main() -> None:
     p.add_argument("--servers", nargs="+", default=["vllm", "tide", "rayllm"], choices=SERVERS)
     p.add_argument("--models", type=int, default=1, choices=(1, 2),
                    help="2: two models (the same weights) share the load; Tide serves both behind its one port")
+    p.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS",
+                   help="profile the request-path Python processes (py-spy, raw stacks in benchmarks/out) for this "
+                   "long during the first round's top-concurrency load; that round's figures then include its cost")
     p.add_argument("--base-tree", type=Path, default=None,
                    help="another checkout (e.g. `git worktree add /tmp/base COMMIT`), served as tide-front-base")
     asyncio.run(main_async(p.parse_args()))
