@@ -366,7 +366,7 @@ def report(res: dict, start: list[dict], end: list[dict], args: argparse.Namespa
         s, w, e = s_rss.get(pid), res["warm_rss"].get(pid), e_rss.get(pid)
         ratio = f"{e / w:.3f}" if e and w else "-"
         f = lambda v: f"{v:.0f}" if v else "-"  # noqa: E731
-        note = " (killed)" if e is None else (" (replacement)" if s is None else "")
+        note = " (gone: killed or rolled)" if e is None else (" (new: replacement or rolled)" if s is None else "")
         lines.append(f"| {a['role']}{note} | {pid} | {f(s)} | {f(w)} | {f(e)} | {ratio} |")
     trace = res.get("ingress_trace") or []
     if trace:
@@ -409,10 +409,11 @@ def with_arena_max(config: Path, arenas: int | None) -> Path:
                        lambda d: d.setdefault("server", {}).__setitem__("ingress_malloc_arena_max", arenas))
 
 
-def changed_for_deploy(config: Path) -> Path:
+def changed_for_deploy(config: Path, port: int) -> Path:
     """What the rolling deploy sends: `tiny` with another max_num_seqs (its engines roll) and another queue bound
-    (the ingress rolls)."""
+    (the ingress rolls), on the port `tide serve --port` was given (the file's own port would move the app)."""
     def edit(data: dict) -> None:
+        data.setdefault("server", {})["port"] = port
         tiny = next(m for m in data["models"] if m["name"] == "tiny")
         tiny["engine_args"]["max_num_seqs"] = tiny["engine_args"].get("max_num_seqs", 32) - 8
         tiny["admission"] = {"max_queued": 500}
@@ -464,7 +465,7 @@ def main() -> None:
     print(f"Ray at {address}; starting tide serve {args.config} on {url} (log: {OUT / 'soak-serve.log'})",
           flush=True)
     proc = start_server(args.config, port, OUT / "soak-serve.log", address)
-    args.ray_address, args.changed_config = address, changed_for_deploy(args.config)
+    args.ray_address, args.changed_config = address, changed_for_deploy(args.config, port)
     try:
         asyncio.run(wait_ready(url, ["tiny", "tiny-probe"], proc))
         start = [{**a, "rss": rss_mb(a["pid"])} for a in serve_actors()]
