@@ -15,8 +15,8 @@ import psutil
 
 from serving.proctree import descendants
 
-ROLES = [  # (role, what its command line holds), first match wins; where each server's CPU goes
-    ("engine", "VLLM::"), ("haproxy", "haproxy"), ("ingress", "ServeReplica:tide:Ingress"),
+ROLES = [  # (role, what its command line holds), first match wins, after the engine (role_of)
+    ("haproxy", "haproxy"), ("ingress", "ServeReplica:tide:Ingress"),
     ("model replica", "ServeReplica:"), ("CLI", "serving.cli"), ("CLI", "bin/tide "), ("CLI", "rayllm_server"),
     ("vLLM API server", "vllm.entrypoints"), ("vLLM API server", "vllm serve"),
     ("Serve controller", "ServeController"), ("Serve proxy", "ProxyActor"), ("GCS", "gcs_server"),
@@ -26,6 +26,7 @@ ROLES = [  # (role, what its command line holds), first match wins; where each s
 
 
 def role_of(cmdline: str) -> str:
+    """The role of a process by its command line; vLLM's EngineCore and workers carry titles `VLLM::...`."""
     if cmdline.startswith("VLLM::"):
         return "engine"
     return next((role for role, mark in ROLES if mark in cmdline), "other")

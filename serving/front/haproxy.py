@@ -245,6 +245,12 @@ def _backup_address(spec: FrontSpec) -> str:
     return f"{host or '127.0.0.1'}:{port or 1}{'' if spec.ingress else ' disabled'}"
 
 
+def point_at(server: str, addr: str, state: str = "ready") -> list[str]:
+    """Runtime API commands that aim `server` (backend/name) at `addr` (host:port) in `state`."""
+    host, _, port = addr.rpartition(":")
+    return [f"set server {server} addr {host} port {port}", f"set server {server} state {state}"]
+
+
 def governor_order(ingresses: "set[str] | tuple[str, ...]") -> tuple[str, ...]:
     """The governor's slots, first to last: the same in every front that knows the same ingresses."""
     return tuple(sorted(ingresses))[:INGRESS_SLOTS]
@@ -255,9 +261,7 @@ def governor_commands(before: tuple[str, ...], after: tuple[str, ...]) -> list[s
     cmds = []
     for i, addr in enumerate(after, 1):
         if i > len(before) or before[i - 1] != addr:
-            host, _, port = addr.rpartition(":")
-            cmds += [f"set server {GOVERNOR}/{SLOT_PREFIX}{i} addr {host} port {port}",
-                     f"set server {GOVERNOR}/{SLOT_PREFIX}{i} state ready"]
+            cmds += point_at(f"{GOVERNOR}/{SLOT_PREFIX}{i}", addr)
     cmds += [f"set server {GOVERNOR}/{SLOT_PREFIX}{i} state maint" for i in range(len(after) + 1, len(before) + 1)]
     return cmds
 
@@ -270,10 +274,8 @@ def ingress_table(spec: FrontSpec) -> "Table":
 def backup_commands(spec: FrontSpec, address: str) -> list[str]:
     """Point every model backend's backup server (its requests when no replica can take them), and the
     governor's, at `address`."""
-    host, _, port = address.rpartition(":")
     servers = [backend(i) for i in range(len(spec.models))] + ([GOVERNOR] if spec.limited_keys else [])
-    return [c for be in servers for c in (f"set server {be}/ingress addr {host} port {port}",
-                                          f"set server {be}/ingress state ready")]
+    return [c for be in servers for c in point_at(f"{be}/ingress", address)]
 
 
 def write_files(spec: FrontSpec, folder: Path) -> Path:
@@ -322,6 +324,5 @@ def plan_slots(current: Table, wanted: dict[str, tuple[str, bool]], capacity: di
             continue
         slot = Slot(be, free[0])
         table[addr] = (slot, draining)
-        host, _, port = addr.rpartition(":")
-        cmds += [f"set server {slot.server} addr {host} port {port}", f"set server {slot.server} state {state}"]
+        cmds += point_at(slot.server, addr, state)
     return table, cmds

@@ -192,9 +192,10 @@ class FrontLoop:
             self.governor = governor_order(self.front.spec.ingresses)
         self.ingress_table, cmds = plan_slots(self.ingress_table, {a: (INGRESS, False) for a in ingresses},
                                               {INGRESS: INGRESS_SLOTS})
-        if self.front.spec.limited_keys and governor_order(ingresses) != self.governor:
-            cmds += governor_commands(self.governor, governor_order(ingresses))  # keys with limits: one ingress
-            self.governor = governor_order(ingresses)
+        order = governor_order(ingresses)
+        if self.front.spec.limited_keys and order != self.governor:
+            cmds += governor_commands(self.governor, order)  # keys with limits: one ingress
+            self.governor = order
         backup = self.own or (self.backup if self.backup in ingresses else min(ingresses, default=""))
         if backup and backup != self.backup:
             cmds += backup_commands(self.front.spec, backup)

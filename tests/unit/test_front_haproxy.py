@@ -430,4 +430,6 @@ def test_keys_with_limits_go_to_one_ingress_from_every_front():
     finally:
         for loop in loops:
             loop.stop()
-        other.shutdown()
+        for stub in (a, b):
+            stub.shutdown()
+            stub.server_close()
